@@ -1,0 +1,1 @@
+DROP TABLE IF EXISTS audit_logs, webhook_deliveries, commands, deployments, environments, repositories, installations;

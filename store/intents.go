@@ -1,0 +1,167 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/uptrace/bun"
+)
+
+// RepoRef identifies a repository and the installation that reaches it, as
+// a webhook names them.
+type RepoRef struct {
+	InstallationID int64
+	RepositoryID   int64
+	Owner          string
+	Name           string
+	IsPrivate      bool
+}
+
+// PullRequestIntent is what a pull_request webhook asks for.
+type PullRequestIntent struct {
+	Repo      RepoRef
+	PRNumber  int
+	HeadRepo  string // owner/name of the head repository
+	IsFork    bool
+	HeadSHA   string
+	Desired   string    // DesiredRunning or DesiredDestroyed
+	UpdatedAt time.Time // pull_request.updated_at: orders deliveries that arrive out of order
+}
+
+// EnsureRepository records the repository (and a minimal installation row)
+// if they are not known yet, so intents never fail for a repository whose
+// installation event was missed.
+func EnsureRepository(ctx context.Context, tx bun.IDB, r RepoRef) error {
+	if _, err := tx.NewRaw(`
+INSERT INTO installations (id, account_login) VALUES (?, ?) ON CONFLICT (id) DO NOTHING`,
+		r.InstallationID, r.Owner).Exec(ctx); err != nil {
+		return fmt.Errorf("ensure installation %d: %w", r.InstallationID, err)
+	}
+	if _, err := tx.NewRaw(`
+INSERT INTO repositories (id, installation_id, owner, name, is_private) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET installation_id = excluded.installation_id, owner = excluded.owner,
+    name = excluded.name, is_private = excluded.is_private, removed_at = NULL, updated_at = now()
+WHERE (repositories.installation_id, repositories.owner, repositories.name, repositories.is_private, repositories.removed_at)
+      IS DISTINCT FROM (excluded.installation_id, excluded.owner, excluded.name, excluded.is_private, NULL)`,
+		r.RepositoryID, r.InstallationID, r.Owner, r.Name, r.IsPrivate).Exec(ctx); err != nil {
+		return fmt.Errorf("ensure repository %s/%s: %w", r.Owner, r.Name, err)
+	}
+	return nil
+}
+
+// RecordPullRequest upserts the environment of a pull request with the
+// desired state the event asks for. It returns the environment id and
+// whether the desired state changed: an event older than the last one seen
+// (GitHub does not promise order) or one that asks for what is already
+// desired changes nothing.
+func RecordPullRequest(ctx context.Context, tx bun.IDB, in PullRequestIntent) (id int64, changed bool, err error) {
+	if err := EnsureRepository(ctx, tx, in.Repo); err != nil {
+		return 0, false, err
+	}
+	hash, err := NewHash()
+	if err != nil {
+		return 0, false, err
+	}
+	err = tx.NewRaw(`
+INSERT INTO environments (repository_id, installation_id, owner, repo, pr_number, hash, head_repo, is_fork,
+                          pr_updated_at, desired_state, desired_sha)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (repository_id, pr_number) DO UPDATE SET
+    desired_state = excluded.desired_state, desired_sha = excluded.desired_sha,
+    installation_id = excluded.installation_id, owner = excluded.owner, repo = excluded.repo,
+    head_repo = excluded.head_repo, is_fork = excluded.is_fork, pr_updated_at = excluded.pr_updated_at,
+    desired_generation = environments.desired_generation + 1, intent_seq = environments.intent_seq + 1,
+    attempts = 0, next_attempt_at = now(), touched_at = now(), updated_at = now()
+WHERE excluded.pr_updated_at >= environments.pr_updated_at
+  AND (environments.desired_state, environments.desired_sha) IS DISTINCT FROM (excluded.desired_state, excluded.desired_sha)
+RETURNING id`,
+		in.Repo.RepositoryID, in.Repo.InstallationID, in.Repo.Owner, in.Repo.Name, in.PRNumber, hash,
+		in.HeadRepo, in.IsFork, in.UpdatedAt, in.Desired, in.HeadSHA).Scan(ctx, &id)
+	switch {
+	case err == nil:
+		return id, true, nil
+	case errors.Is(err, sql.ErrNoRows):
+		err = tx.NewRaw(`SELECT id FROM environments WHERE repository_id = ? AND pr_number = ?`,
+			in.Repo.RepositoryID, in.PRNumber).Scan(ctx, &id)
+		if err != nil {
+			return 0, false, fmt.Errorf("find environment of %s/%s#%d: %w", in.Repo.Owner, in.Repo.Name, in.PRNumber, err)
+		}
+		return id, false, nil
+	default:
+		return 0, false, fmt.Errorf("record intent for %s/%s#%d: %w", in.Repo.Owner, in.Repo.Name, in.PRNumber, err)
+	}
+}
+
+// CommandIntent is a slash command or button press on a pull request.
+type CommandIntent struct {
+	Repo       RepoRef
+	PRNumber   int
+	DeliveryID string
+	Source     string
+	CommentID  int64
+	Actor      string
+	Name       string
+}
+
+// RecordCommand stores a command for the reconciler to authorise and carry
+// out. A pull request Stagely has not seen yet gets an environment with no
+// desired SHA; the reconciler looks its head up if the command deploys.
+func RecordCommand(ctx context.Context, tx bun.IDB, in CommandIntent) (envID int64, err error) {
+	if err := EnsureRepository(ctx, tx, in.Repo); err != nil {
+		return 0, err
+	}
+	hash, err := NewHash()
+	if err != nil {
+		return 0, err
+	}
+	err = tx.NewRaw(`
+INSERT INTO environments (repository_id, installation_id, owner, repo, pr_number, hash,
+                          desired_state, desired_sha, desired_generation)
+VALUES (?, ?, ?, ?, ?, ?, 'running', '', 0)
+ON CONFLICT (repository_id, pr_number) DO UPDATE SET
+    intent_seq = environments.intent_seq + 1, next_attempt_at = now(), touched_at = now(), updated_at = now()
+RETURNING id`,
+		in.Repo.RepositoryID, in.Repo.InstallationID, in.Repo.Owner, in.Repo.Name, in.PRNumber, hash).Scan(ctx, &envID)
+	if err != nil {
+		return 0, fmt.Errorf("record command for %s/%s#%d: %w", in.Repo.Owner, in.Repo.Name, in.PRNumber, err)
+	}
+	cmd := &Command{
+		EnvironmentID: envID, DeliveryID: in.DeliveryID, Source: in.Source, CommentID: in.CommentID,
+		Actor: in.Actor, Name: in.Name, Status: CommandPending,
+	}
+	if _, err := tx.NewInsert().Model(cmd).Exec(ctx); err != nil {
+		return 0, fmt.Errorf("record command %s by %s: %w", in.Name, in.Actor, err)
+	}
+	return envID, nil
+}
+
+// hashAlphabet keeps preview host labels lowercase DNS-safe and unambiguous.
+const hashAlphabet = "abcdefghijkmnpqrstuvwxyz23456789"
+
+// NewHash returns a random 12-character DNS label for a preview hostname.
+// It is random rather than derived from the repository so that preview
+// URLs of private repositories cannot be guessed.
+func NewHash() (string, error) {
+	var b [12]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("generate preview hash: %w", err)
+	}
+	for i := range b {
+		b[i] = hashAlphabet[int(b[i])%len(hashAlphabet)]
+	}
+	return string(b[:]), nil
+}
+
+// Audit appends an audit log entry.
+func Audit(ctx context.Context, db bun.IDB, actor, action string, envID int64, details any) error {
+	_, err := db.NewRaw(`INSERT INTO audit_logs (actor, action, environment_id, details) VALUES (?, ?, NULLIF(?, 0), ?)`,
+		actor, action, envID, jsonb(details)).Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("audit %s by %s: %w", action, actor, err)
+	}
+	return nil
+}
