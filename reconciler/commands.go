@@ -1,0 +1,216 @@
+package reconciler
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/google/go-github/v60/github"
+
+	"github.com/stagely-dev/stagely/comments"
+	"github.com/stagely-dev/stagely/store"
+)
+
+// Reactions Stagely leaves on a command comment.
+const (
+	reactSeen   = "eyes"
+	reactDone   = "rocket"
+	reactFailed = "confused"
+)
+
+// applyCommands authorises each pending command and turns it into desired
+// state. It reacts 👀 on receipt; a refused command is answered and gets 😕.
+// Commands wait as "applied" until their generation is reached, when
+// finishCommands reacts 🚀 or 😕.
+func (s *session) applyCommands(ctx context.Context) error {
+	var cmds []store.Command
+	if err := s.r.cfg.DB.NewSelect().Model(&cmds).Where("environment_id = ? AND status = ?", s.env.ID, store.CommandPending).
+		Order("id").Scan(ctx); err != nil {
+		return fmt.Errorf("load commands of environment %d: %w", s.env.ID, err)
+	}
+	for i := range cmds {
+		if err := s.reload(ctx); err != nil {
+			return err
+		}
+		if err := s.apply(ctx, &cmds[i]); err != nil {
+			return fmt.Errorf("command %q by %s: %w", cmds[i].Name, cmds[i].Actor, err)
+		}
+	}
+	return nil
+}
+
+func (s *session) apply(ctx context.Context, c *store.Command) error {
+	if err := s.react(ctx, c, reactSeen); err != nil {
+		return err
+	}
+	if c.Name == store.CommandReply {
+		if err := s.replyOnce(ctx, c, c.Reply); err != nil {
+			return err
+		}
+		return s.setCommand(ctx, c, store.CommandDone, 0)
+	}
+	perm, err := comments.Permission(ctx, s.gh.Repositories, s.env.Owner, s.env.Repo, c.Actor)
+	if err != nil {
+		return fmt.Errorf("permission of %s: %w", c.Actor, err)
+	}
+	if !comments.CanWrite(perm) {
+		body, err := comments.RenderNotPermitted(mention(c), c.Name, perm)
+		if err != nil {
+			return err
+		}
+		return s.refuse(ctx, c, body)
+	}
+	switch c.Name {
+	case "status":
+		body, err := comments.RenderStatus(s.status())
+		if err != nil {
+			return err
+		}
+		if err := s.replyOnce(ctx, c, body); err != nil {
+			return err
+		}
+		if err := s.react(ctx, c, reactDone); err != nil {
+			return err
+		}
+		return s.setCommand(ctx, c, store.CommandDone, 0)
+	case "destroy":
+		g := s.env.DesiredGeneration + 1
+		if err := s.update(ctx, "desired_state = 'destroyed', desired_generation = ?, touched_at = now()", g); err != nil {
+			return err
+		}
+		return s.setCommand(ctx, c, store.CommandApplied, g)
+	case "redeploy", "deploy":
+		pr, _, err := s.gh.PullRequests.Get(ctx, s.env.Owner, s.env.Repo, s.env.PRNumber)
+		if err != nil {
+			return fmt.Errorf("look up pull request #%d: %w", s.env.PRNumber, err)
+		}
+		if pr.GetState() != "open" {
+			return s.refuse(ctx, c, fmt.Sprintf("Pull request #%d is closed, so it has no preview to %s. Reopen it first.", s.env.PRNumber, c.Name))
+		}
+		g := s.env.DesiredGeneration + 1
+		isFork := pr.GetHead().GetRepo().GetID() != pr.GetBase().GetRepo().GetID()
+		// A writer asking to deploy a fork's code is the approval forks wait for.
+		if err := s.update(ctx, `desired_state = 'running', desired_sha = ?, desired_generation = ?, is_fork = ?,
+			is_fork_approved = true, head_repo = ?, touched_at = now()`,
+			pr.GetHead().GetSHA(), g, isFork, pr.GetHead().GetRepo().GetFullName()); err != nil {
+			return err
+		}
+		return s.setCommand(ctx, c, store.CommandApplied, g)
+	}
+	return s.refuse(ctx, c, "Unknown command `"+c.Name+"`.")
+}
+
+// finishCommands reacts to applied commands whose generation has been
+// reached (or passed): 🚀 if the environment got where they asked, else 😕.
+func (s *session) finishCommands(ctx context.Context) error {
+	if err := s.reload(ctx); err != nil {
+		return err
+	}
+	var cmds []store.Command
+	if err := s.r.cfg.DB.NewSelect().Model(&cmds).
+		Where("environment_id = ? AND status = ? AND target_generation <= ?", s.env.ID, store.CommandApplied, s.env.ObservedGeneration).
+		Order("id").Scan(ctx); err != nil {
+		return fmt.Errorf("load applied commands of environment %d: %w", s.env.ID, err)
+	}
+	for i := range cmds {
+		c := &cmds[i]
+		want := store.ObservedRunning
+		if c.Name == "destroy" {
+			want = store.ObservedDestroyed
+		}
+		r := reactDone
+		if s.env.ObservedState != want {
+			r = reactFailed
+		}
+		if err := s.react(ctx, c, r); err != nil {
+			return err
+		}
+		if err := s.setCommand(ctx, c, store.CommandDone, c.TargetGeneration); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *session) refuse(ctx context.Context, c *store.Command, body string) error {
+	if err := s.replyOnce(ctx, c, body); err != nil {
+		return err
+	}
+	if err := s.react(ctx, c, reactFailed); err != nil {
+		return err
+	}
+	return s.setCommand(ctx, c, store.CommandRefused, 0)
+}
+
+func (s *session) setCommand(ctx context.Context, c *store.Command, status string, g int64) error {
+	c.Status, c.TargetGeneration = status, g
+	if _, err := s.r.cfg.DB.NewUpdate().Model(c).WherePK().Column("status", "target_generation").
+		Set("updated_at = now()").Exec(ctx); err != nil {
+		return fmt.Errorf("save command %d: %w", c.ID, err)
+	}
+	return nil
+}
+
+// react adds a reaction to the command's comment. GitHub answers 200 for a
+// reaction that is already there, so repeating it after a crash is harmless.
+// Buttons have no comment to react to.
+func (s *session) react(ctx context.Context, c *store.Command, content string) error {
+	if c.CommentID == 0 {
+		return nil
+	}
+	if _, _, err := s.gh.Reactions.CreateIssueCommentReaction(ctx, s.env.Owner, s.env.Repo, c.CommentID, content); err != nil {
+		return fmt.Errorf("react %s: %w", content, err)
+	}
+	return nil
+}
+
+// replyOnce answers a command on the pull request, exactly once: the reply
+// carries a marker naming the command, looked for before posting, so a
+// crash between posting and recording does not post twice. Button presses
+// have no comment to answer and are answered on the pull request too.
+func (s *session) replyOnce(ctx context.Context, c *store.Command, body string) error {
+	marker := fmt.Sprintf("<!-- stagely:reply:%d -->", c.ID)
+	opts := &github.IssueListCommentsOptions{ListOptions: github.ListOptions{PerPage: 100}}
+	for {
+		cs, resp, err := s.gh.Issues.ListComments(ctx, s.env.Owner, s.env.Repo, s.env.PRNumber, opts)
+		if err != nil {
+			return fmt.Errorf("list comments of #%d: %w", s.env.PRNumber, err)
+		}
+		for _, ic := range cs {
+			if ic.GetUser().GetLogin() == s.r.cfg.BotLogin && strings.Contains(ic.GetBody(), marker) {
+				return nil
+			}
+		}
+		if resp.NextPage == 0 {
+			break
+		}
+		opts.Page = resp.NextPage
+	}
+	full := comments.Fit(marker + "\n" + body)
+	if _, _, err := s.gh.Issues.CreateComment(ctx, s.env.Owner, s.env.Repo, s.env.PRNumber, &github.IssueComment{Body: &full}); err != nil {
+		return fmt.Errorf("reply on #%d: %w", s.env.PRNumber, err)
+	}
+	return nil
+}
+
+// status describes the environment for `/stagely status`.
+func (s *session) status() comments.Sticky {
+	e := s.env
+	st := comments.State(e.ObservedState)
+	switch e.ObservedState {
+	case store.ObservedRunning:
+		st = comments.StateReady
+	case store.ObservedNew:
+		st = comments.StateQueued
+	}
+	return comments.Sticky{Repo: e.FullName(), PR: e.PRNumber, State: st, SHA: e.ObservedSHA, UpdatedAt: e.UpdatedAt, Err: e.LastError}
+}
+
+// mention is who a reply addresses: the comment's author; a button press
+// has no comment to answer, so its reply names nobody.
+func mention(c *store.Command) string {
+	if c.Source == store.SourceComment {
+		return c.Actor
+	}
+	return ""
+}

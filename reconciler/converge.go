@@ -1,0 +1,394 @@
+package reconciler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/go-github/v60/github"
+	"github.com/rs/zerolog"
+
+	"github.com/stagely-dev/stagely/checks"
+	"github.com/stagely-dev/stagely/comments"
+	"github.com/stagely-dev/stagely/repoconfig"
+	"github.com/stagely-dev/stagely/store"
+)
+
+// errSuperseded stops a deployment whose generation is no longer desired.
+var errSuperseded = errors.New("superseded")
+
+// maxRetryableAttempts bounds how long a passing fault may keep a
+// deployment pending before it is reported as failed.
+const maxRetryableAttempts = 6
+
+// session is one worker's hold on one environment.
+type session struct {
+	r   *Reconciler
+	env *store.Environment
+	gh  *github.Client
+	log zerolog.Logger
+}
+
+func (r *Reconciler) converge(ctx context.Context, env *store.Environment) error {
+	gh, err := r.cfg.Clients.NewInstallationClient(env.InstallationID)
+	if err != nil {
+		return fmt.Errorf("github client for installation %d: %w", env.InstallationID, err)
+	}
+	s := &session{r: r, env: env, gh: gh, log: *zerolog.Ctx(ctx)}
+	if err := s.applyCommands(ctx); err != nil {
+		return err
+	}
+	// Each pass converges one generation; a newer one recorded meanwhile
+	// (a push during a deploy) is taken up in the same claim.
+	for range 20 {
+		if err := s.reload(ctx); err != nil {
+			return err
+		}
+		if s.env.DesiredGeneration <= s.env.ObservedGeneration {
+			break
+		}
+		if s.env.DesiredState == store.DesiredDestroyed {
+			err = s.destroy(ctx)
+		} else {
+			err = s.deploy(ctx)
+		}
+		if errors.Is(err, errSuperseded) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return s.finishCommands(ctx)
+}
+
+func (s *session) reload(ctx context.Context) error {
+	if err := s.r.cfg.DB.NewSelect().Model(s.env).WherePK().Scan(ctx); err != nil {
+		return fmt.Errorf("reload environment %d: %w", s.env.ID, err)
+	}
+	if s.env.LeaseOwner != s.r.cfg.Owner {
+		return fmt.Errorf("environment %d: %w", s.env.ID, store.ErrLeaseLost)
+	}
+	return nil
+}
+
+func (s *session) update(ctx context.Context, set string, args ...any) error {
+	return store.UpdateEnvironment(ctx, s.r.cfg.DB, s.env.ID, s.r.cfg.Owner, set, args...)
+}
+
+// observe records that generation g has reached state.
+func (s *session) observe(ctx context.Context, g int64, state, sha string) error {
+	return s.update(ctx, "observed_generation = ?, observed_state = ?, observed_sha = ?, last_error = ''", g, state, sha)
+}
+
+func (s *session) target() Target {
+	e := s.env
+	return Target{EnvironmentID: e.ID, InstallationID: e.InstallationID, Owner: e.Owner, Repo: e.Repo, PR: e.PRNumber, Hash: e.Hash}
+}
+
+// deployment returns the row for generation g, creating it on first use.
+func (s *session) deployment(ctx context.Context, g int64, sha string) (*store.Deployment, error) {
+	d := &store.Deployment{EnvironmentID: s.env.ID, Generation: g, SHA: sha, Status: "queued", Steps: []store.Step{}, Previews: []store.Preview{}}
+	if _, err := s.r.cfg.DB.NewInsert().Model(d).On("CONFLICT (environment_id, generation) DO NOTHING").Exec(ctx); err != nil {
+		return nil, fmt.Errorf("record deployment %d of environment %d: %w", g, s.env.ID, err)
+	}
+	d = new(store.Deployment)
+	if err := s.r.cfg.DB.NewSelect().Model(d).Where("environment_id = ? AND generation = ?", s.env.ID, g).Scan(ctx); err != nil {
+		return nil, fmt.Errorf("load deployment %d of environment %d: %w", g, s.env.ID, err)
+	}
+	return d, nil
+}
+
+func (s *session) saveDeployment(ctx context.Context, d *store.Deployment) error {
+	_, err := s.r.cfg.DB.NewUpdate().Model(d).WherePK().
+		Column("check_run_id", "status", "conclusion", "steps", "previews", "error", "log_tail", "started_at", "finished_at").
+		Set("updated_at = now()").Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("save deployment %d: %w", d.ID, err)
+	}
+	return nil
+}
+
+func (s *session) deploy(ctx context.Context) error {
+	g, sha := s.env.DesiredGeneration, s.env.DesiredSHA
+	if sha == "" {
+		// Known only through a command that has not resolved a head yet.
+		return s.update(ctx, "observed_generation = ?", g)
+	}
+	d, err := s.deployment(ctx, g, sha)
+	if err != nil {
+		return err
+	}
+	if d.Status == "completed" {
+		// Finished and reported before a crash; only the environment row
+		// was not updated.
+		return s.observe(ctx, g, observedOf(d.Conclusion, s.env.ObservedState), sha)
+	}
+	now := s.r.cfg.Now()
+	if d.CheckRunID == 0 {
+		id, err := s.checks().Ensure(ctx, s.env.Owner, s.env.Repo, sha, externalID(s.env.PRNumber, g), checks.Report{Status: "queued", SHA: sha, Now: now})
+		if err != nil {
+			return fmt.Errorf("create check run for %s: %w", short(sha), err)
+		}
+		d.CheckRunID = id
+		if err := s.saveDeployment(ctx, d); err != nil {
+			return err
+		}
+	}
+	if err := s.update(ctx, "observed_state = ?", store.ObservedQueued); err != nil {
+		return err
+	}
+	if err := s.sticky(ctx, comments.StateQueued, sha, nil, "", d.CreatedAt); err != nil {
+		return err
+	}
+
+	if s.env.IsFork && !s.env.IsForkApproved {
+		rep := checks.Report{Status: "completed", Conclusion: "action_required", SHA: sha, Now: now,
+			Reason: "this pull request comes from a fork: a maintainer must comment `/stagely deploy` first"}
+		if err := s.complete(ctx, d, rep); err != nil {
+			return err
+		}
+		if err := s.sticky(ctx, comments.StateAwaitingApproval, sha, nil, "", now); err != nil {
+			return err
+		}
+		return s.observe(ctx, g, store.ObservedAwaitingApproval, sha)
+	}
+
+	cfg, err := s.loadConfig(ctx, sha)
+	var perr *repoconfig.ParseError
+	switch {
+	case errors.Is(err, repoconfig.ErrNotFound):
+		rep := checks.Report{Status: "completed", Conclusion: "neutral", SHA: sha, Now: now,
+			Reason: "this repository has no " + repoconfig.FileName + "; add one to enable previews"}
+		if err := s.complete(ctx, d, rep); err != nil {
+			return err
+		}
+		if err := s.sticky(ctx, comments.StateNotEnabled, sha, nil, "", now); err != nil {
+			return err
+		}
+		return s.observe(ctx, g, store.ObservedNotEnabled, sha)
+	case errors.As(err, &perr):
+		msg := repoconfig.FileName + " is invalid:\n" + perr.Error()
+		rep := checks.Report{Status: "completed", Conclusion: "failure", SHA: sha, Now: now, Err: msg,
+			Steps: []checks.Step{{Name: "Read " + repoconfig.FileName, State: checks.StepFailed, StartedAt: now, FinishedAt: now}}}
+		if err := s.complete(ctx, d, rep); err != nil {
+			return err
+		}
+		if err := s.sticky(ctx, comments.StateInvalidConfig, sha, nil, msg, now); err != nil {
+			return err
+		}
+		return s.observe(ctx, g, store.ObservedInvalidConfig, sha)
+	case err != nil:
+		return fmt.Errorf("read %s at %s: %w", repoconfig.FileName, short(sha), err)
+	}
+	cfg.Defaults(s.r.cfg.Defaults)
+
+	start := s.r.cfg.Now()
+	cfgStep := checks.Step{Name: "Read " + repoconfig.FileName, State: checks.StepSucceeded, StartedAt: start, FinishedAt: start}
+	steps := []checks.Step{cfgStep}
+	d.Status = "in_progress"
+	if d.StartedAt == nil {
+		d.StartedAt = &start
+	}
+	d.Steps = toStore(steps)
+	if err := s.saveDeployment(ctx, d); err != nil {
+		return err
+	}
+	if err := s.checks().Update(ctx, s.env.Owner, s.env.Repo, d.CheckRunID, checks.Report{Status: "in_progress", SHA: sha, Steps: steps, Now: start}); err != nil {
+		return fmt.Errorf("report progress: %w", err)
+	}
+	if err := s.update(ctx, "observed_state = ?", store.ObservedDeploying); err != nil {
+		return err
+	}
+	if err := s.sticky(ctx, comments.StateDeploying, sha, nil, "", *d.StartedAt); err != nil {
+		return err
+	}
+
+	dctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var newer atomic.Pointer[store.Environment]
+	go s.watchSupersede(dctx, g, stop, &newer)
+	progress := func(ds []checks.Step) {
+		all := append([]checks.Step{cfgStep}, ds...)
+		d.Steps = toStore(all)
+		if err := s.saveDeployment(ctx, d); err != nil {
+			s.log.Warn().Err(err).Msg("persist steps")
+		}
+		if err := s.checks().Update(ctx, s.env.Owner, s.env.Repo, d.CheckRunID, checks.Report{Status: "in_progress", SHA: sha, Steps: all, Now: s.r.cfg.Now()}); err != nil {
+			s.log.Warn().Err(err).Msg("report progress")
+		}
+	}
+	res, derr := s.r.cfg.Deployer.Deploy(dctx, DeployRequest{Target: s.target(), SHA: sha, Generation: g, Config: cfg}, progress)
+	stop()
+	now = s.r.cfg.Now()
+	steps = fromStore(d.Steps)
+
+	if n := newer.Load(); n != nil {
+		reason := "superseded by " + short(n.DesiredSHA)
+		if n.DesiredState == store.DesiredDestroyed {
+			reason = "the environment is being destroyed"
+		}
+		rep := checks.Report{Status: "completed", Conclusion: "cancelled", SHA: sha, Now: now, Steps: cancelRunning(steps, now), Reason: reason}
+		if err := s.complete(ctx, d, rep); err != nil {
+			return err
+		}
+		return errSuperseded
+	}
+	if derr != nil {
+		var de *DeployError
+		if !errors.As(derr, &de) {
+			return fmt.Errorf("deploy %s: %w", short(sha), derr)
+		}
+		if de.Retryable && s.env.Attempts < maxRetryableAttempts {
+			return fmt.Errorf("deploy %s: %w", short(sha), derr)
+		}
+		rep := checks.Report{Status: "completed", Conclusion: "failure", SHA: sha, Now: now, Steps: steps,
+			Err: de.Error(), LogTail: de.LogTail, Secrets: nil}
+		d.Error, d.LogTail = de.Error(), de.LogTail
+		if err := s.complete(ctx, d, rep); err != nil {
+			return err
+		}
+		if err := s.sticky(ctx, comments.StateFailed, sha, nil, de.Error(), now); err != nil {
+			return err
+		}
+		return s.observe(ctx, g, store.ObservedFailed, sha)
+	}
+	rep := checks.Report{Status: "completed", Conclusion: "success", SHA: sha, Now: now, Steps: steps, Previews: res.Previews, LogTail: ""}
+	d.Previews = previewsToStore(res.Previews)
+	if err := s.complete(ctx, d, rep); err != nil {
+		return err
+	}
+	if err := s.sticky(ctx, comments.StateReady, sha, res.Previews, "", now); err != nil {
+		return err
+	}
+	return s.observe(ctx, g, store.ObservedRunning, sha)
+}
+
+// watchSupersede cancels a deployment as soon as a newer generation is
+// desired, so a push or a destroy never waits for a stale build.
+func (s *session) watchSupersede(ctx context.Context, g int64, stop func(), newer *atomic.Pointer[store.Environment]) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var e store.Environment
+		if err := s.r.cfg.DB.NewSelect().Model(&e).Column("desired_generation", "desired_state", "desired_sha").
+			Where("id = ?", s.env.ID).Scan(ctx); err != nil {
+			continue
+		}
+		if e.DesiredGeneration > g {
+			newer.Store(&e)
+			stop()
+			return
+		}
+	}
+}
+
+// complete finishes deployment d and its Check Run with rep.
+func (s *session) complete(ctx context.Context, d *store.Deployment, rep checks.Report) error {
+	if err := s.checks().Update(ctx, s.env.Owner, s.env.Repo, d.CheckRunID, rep); err != nil {
+		return fmt.Errorf("complete check run (%s): %w", rep.Conclusion, err)
+	}
+	now := rep.Now
+	d.Status, d.Conclusion, d.FinishedAt = "completed", rep.Conclusion, &now
+	if rep.Steps != nil {
+		d.Steps = toStore(rep.Steps)
+	}
+	return s.saveDeployment(ctx, d)
+}
+
+func (s *session) destroy(ctx context.Context) error {
+	g := s.env.DesiredGeneration
+	if err := s.r.cfg.Deployer.Destroy(ctx, s.target()); err != nil {
+		return fmt.Errorf("destroy environment %d: %w", s.env.ID, err)
+	}
+	now := s.r.cfg.Now()
+	last := new(store.Deployment)
+	err := s.r.cfg.DB.NewSelect().Model(last).Where("environment_id = ? AND check_run_id <> 0", s.env.ID).
+		Order("generation DESC").Limit(1).Scan(ctx)
+	if err == nil && (last.Status != "completed" || last.Conclusion == "success" || last.Conclusion == "action_required") {
+		conclusion, reason := "neutral", "the environment was destroyed"
+		if last.Status != "completed" {
+			conclusion = "cancelled"
+		}
+		rep := checks.Report{Status: "completed", Conclusion: conclusion, SHA: last.SHA, Now: now, Reason: reason,
+			Steps: cancelRunning(fromStore(last.Steps), now)}
+		if err := s.complete(ctx, last, rep); err != nil {
+			return err
+		}
+	}
+	if s.env.ObservedState != store.ObservedNew && s.env.ObservedState != store.ObservedNotEnabled {
+		if err := s.sticky(ctx, comments.StateDestroyed, s.env.DesiredSHA, nil, "", now); err != nil {
+			return err
+		}
+	}
+	return s.observe(ctx, g, store.ObservedDestroyed, s.env.ObservedSHA)
+}
+
+func observedOf(conclusion, current string) string {
+	switch conclusion {
+	case "success":
+		return store.ObservedRunning
+	case "failure":
+		return store.ObservedFailed
+	case "action_required":
+		return store.ObservedAwaitingApproval
+	}
+	return current
+}
+
+func cancelRunning(steps []checks.Step, now time.Time) []checks.Step {
+	out := make([]checks.Step, len(steps))
+	for i, st := range steps {
+		if st.State == checks.StepRunning || st.State == checks.StepPending {
+			st.State = checks.StepCancelled
+			if st.FinishedAt.IsZero() {
+				st.FinishedAt = now
+			}
+		}
+		out[i] = st
+	}
+	return out
+}
+
+func toStore(steps []checks.Step) []store.Step {
+	out := make([]store.Step, len(steps))
+	for i, s := range steps {
+		out[i] = store.Step{Name: s.Name, State: string(s.State), StartedAt: s.StartedAt, FinishedAt: s.FinishedAt}
+	}
+	return out
+}
+
+func fromStore(steps []store.Step) []checks.Step {
+	out := make([]checks.Step, len(steps))
+	for i, s := range steps {
+		out[i] = checks.Step{Name: s.Name, State: checks.StepState(s.State), StartedAt: s.StartedAt, FinishedAt: s.FinishedAt}
+	}
+	return out
+}
+
+func previewsToStore(ps []checks.Preview) []store.Preview {
+	out := make([]store.Preview, len(ps))
+	for i, p := range ps {
+		out[i] = store.Preview{Name: p.Name, URL: p.URL}
+	}
+	return out
+}
+
+func short(sha string) string {
+	if len(sha) > 7 {
+		return sha[:7]
+	}
+	return sha
+}
+
+// externalID names the pull request and generation on the Check Run, so a
+// button press finds its environment even on a fork, where GitHub leaves
+// the run's pull_requests empty. It matches app.ExternalID.
+func externalID(pr int, g int64) string { return fmt.Sprintf("stagely:pr-%d:gen-%d", pr, g) }
