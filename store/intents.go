@@ -105,6 +105,7 @@ type CommandIntent struct {
 	CommentID  int64
 	Actor      string
 	Name       string
+	Reply      string // for CommandReply: the answer to post
 }
 
 // RecordCommand stores a command for the reconciler to authorise and carry
@@ -131,7 +132,7 @@ RETURNING id`,
 	}
 	cmd := &Command{
 		EnvironmentID: envID, DeliveryID: in.DeliveryID, Source: in.Source, CommentID: in.CommentID,
-		Actor: in.Actor, Name: in.Name, Status: CommandPending,
+		Actor: in.Actor, Name: in.Name, Reply: in.Reply, Status: CommandPending,
 	}
 	if _, err := tx.NewInsert().Model(cmd).Exec(ctx); err != nil {
 		return 0, fmt.Errorf("record command %s by %s: %w", in.Name, in.Actor, err)

@@ -138,6 +138,10 @@ const (
 	CommandRefused = "refused"
 )
 
+// CommandReply is the command name of a comment that only needs an answer
+// (help, an unknown command, a usage error); its Reply holds the answer.
+const CommandReply = "reply"
+
 // Command is a slash command or button press waiting to be carried out.
 type Command struct {
 	bun.BaseModel `bun:"table:commands"`
