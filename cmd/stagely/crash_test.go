@@ -1,0 +1,129 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stagely-dev/stagely/reconciler/reconcilertest"
+)
+
+// TestMain lets the test binary play a Stagely server process, so crash
+// tests can SIGKILL a real process: STAGELY_E2E_CHILD=1 runs `stagely
+// server` configured, like production, from STAGELY_* variables, with the
+// test deployer (blocked when STAGELY_E2E_BLOCK=1).
+func TestMain(m *testing.M) {
+	if os.Getenv("STAGELY_E2E_CHILD") == "1" {
+		d := reconcilertest.New()
+		if os.Getenv("STAGELY_E2E_BLOCK") == "1" {
+			d.Block()
+		}
+		cmd := serverCommandWith(os.Stderr, serverDeps{deployer: d, listening: func(a string) { fmt.Println("LISTENING", a) }})
+		if err := cmd.ParseAndRun(context.Background(), nil); err != nil {
+			fmt.Fprintln(os.Stderr, "child server:", err)
+			os.Exit(2)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// child starts a server process and points webhooks at it.
+func (w *world) child(workers int, block bool) *exec.Cmd {
+	w.t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(),
+		"STAGELY_E2E_CHILD=1",
+		"STAGELY_ADDR=127.0.0.1:0",
+		"STAGELY_DATABASE_URL="+w.dbURL,
+		"STAGELY_WEBHOOK_SECRET="+testSecret,
+		"STAGELY_GITHUB_URL="+w.simURL,
+		fmt.Sprintf("STAGELY_APP_ID=%d", testAppID),
+		"STAGELY_APP_KEY_FILE="+w.key,
+		fmt.Sprintf("STAGELY_WORKERS=%d", workers),
+		"STAGELY_LEASE=2s",
+		"STAGELY_POLL=200ms",
+		"STAGELY_LOG_LEVEL=warn",
+	)
+	if block {
+		cmd.Env = append(cmd.Env, "STAGELY_E2E_BLOCK=1")
+	}
+	cmd.Stderr = w.logs
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		w.t.Fatal(err)
+	}
+	w.t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if a, ok := strings.CutPrefix(sc.Text(), "LISTENING "); ok {
+				addr <- a
+			}
+		}
+	}()
+	select {
+	case a := <-addr:
+		w.sim.SetWebhookURL("http://" + a + "/api/github/hook")
+	case <-time.After(30 * time.Second):
+		w.t.Fatalf("child server did not start; logs:\n%s", w.logs.String())
+	}
+	return cmd
+}
+
+func kill(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	if err := cmd.Process.Kill(); err != nil { // SIGKILL: no shutdown code runs
+		t.Fatal(err)
+	}
+	cmd.Wait()
+}
+
+func TestKilledAfterAcknowledgingBeforeReporting(t *testing.T) {
+	w := newWorld(t, nil)
+	// An intake-only process acknowledges the webhook and dies before any
+	// worker reports on it.
+	child := w.child(0, false)
+	pr := w.openPR("feature")
+	kill(t, child)
+	if n := len(w.runs(pr.SHA)); n != 0 {
+		t.Fatalf("%d check runs before any worker ran", n)
+	}
+	w.serve(reconcilertest.New(), 2)
+	w.completed(pr.SHA, "success", 10*time.Second)
+	eventually(t, 2*time.Second, func() (bool, string) {
+		s := w.sticky(pr.Number)
+		return len(s) == 1 && strings.Contains(s[0].Body, "ready") || len(s) == 1 && strings.Contains(s[0].Body, ".preview.localhost"), "no sticky comment with the preview"
+	})
+}
+
+func TestKilledMidDeployResumesWithoutRepeating(t *testing.T) {
+	w := newWorld(t, nil)
+	child := w.child(2, true)
+	pr := w.openPR("feature")
+	eventually(t, 10*time.Second, func() (bool, string) {
+		rs := w.runs(pr.SHA)
+		return len(rs) == 1 && rs[0].Status == "in_progress", "check run not in progress: " + describeRuns(rs)
+	})
+	kill(t, child)
+	// The dead worker's lease expires; a new process takes the environment
+	// over and finishes the same deployment on the same check run.
+	d := reconcilertest.New()
+	w.serve(d, 2)
+	w.completed(pr.SHA, "success", 15*time.Second)
+	if s := w.sticky(pr.Number); len(s) != 1 {
+		t.Fatalf("%d sticky comments after the restart, want 1", len(s))
+	}
+	if n := len(d.Deploys()); n != 1 {
+		t.Errorf("%d deploys after the restart, want 1", n)
+	}
+}

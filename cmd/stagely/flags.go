@@ -1,0 +1,53 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"strings"
+
+	"github.com/peterbourgon/ff/v3"
+	"github.com/peterbourgon/ff/v3/ffcli"
+)
+
+// envPrefix makes every flag --foo-bar settable as STAGELY_FOO_BAR.
+const envPrefix = "STAGELY"
+
+func ffOptions() []ff.Option { return []ff.Option{ff.WithEnvVarPrefix(envPrefix)} }
+
+// envName is the variable ff reads for flag name.
+func envName(name string) string {
+	return envPrefix + "_" + strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(name))
+}
+
+// usage lists each flag with its env variable and default, so --help is
+// the full reference of a command's settings.
+func usage(c *ffcli.Command) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "USAGE\n  %s\n\n", c.ShortUsage)
+	if c.LongHelp != "" {
+		fmt.Fprintf(&b, "%s\n\n", c.LongHelp)
+	}
+	b.WriteString("FLAGS (each also read from the environment variable shown)\n")
+	c.FlagSet.VisitAll(func(f *flag.Flag) {
+		def := ""
+		if f.DefValue != "" {
+			def = fmt.Sprintf(" (default %q)", f.DefValue)
+		}
+		fmt.Fprintf(&b, "  --%s, %s%s\n      %s\n", f.Name, envName(f.Name), def, f.Usage)
+	})
+	return b.String()
+}
+
+// required returns an error naming every empty required setting.
+func required(fs *flag.FlagSet, names ...string) error {
+	var missing []string
+	for _, n := range names {
+		if f := fs.Lookup(n); f != nil && f.Value.String() == "" || f != nil && f.Value.String() == "0" {
+			missing = append(missing, fmt.Sprintf("--%s (%s)", n, envName(n)))
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing required setting: %s", strings.Join(missing, ", "))
+	}
+	return nil
+}

@@ -1,0 +1,69 @@
+// Command stagely is Stagely's one binary: the GitHub App server, the edge
+// proxy, the agent that runs on each preview VM, the migrator, the demo
+// and the GitHub simulator. Every setting is a flag and a STAGELY_* env
+// variable; `stagely <command> --help` lists them.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/peterbourgon/ff/v3/ffcli"
+
+	"github.com/stagely-dev/stagely/ghsim"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "stagely:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "ghsim" {
+		return ghsim.Run(ctx, args[1:], stdout, stderr)
+	}
+	root := &ffcli.Command{
+		ShortUsage: "stagely <command> [flags]",
+		LongHelp:   "Stagely gives every pull request its own live preview environment.",
+		FlagSet:    flag.NewFlagSet("stagely", flag.ContinueOnError),
+		Subcommands: []*ffcli.Command{
+			serverCommand(stdout, stderr),
+			migrateCommand(stdout, stderr),
+			ghsimCommand(stdout, stderr),
+			laterCommand("proxy", "edge proxy: TLS, Host routing, agent tunnels"),
+			laterCommand("agent", "the agent on each preview VM"),
+			laterCommand("demo", "the whole loop on this machine"),
+		},
+		Exec: func(ctx context.Context, args []string) error { return flag.ErrHelp },
+	}
+	root.FlagSet.SetOutput(stderr)
+	for _, c := range root.Subcommands {
+		c.FlagSet.SetOutput(stderr)
+	}
+	return root.ParseAndRun(ctx, args)
+}
+
+// laterCommand names a command that this build does not have yet, so that
+// running it says so plainly instead of "unknown command".
+func laterCommand(name, help string) *ffcli.Command {
+	return &ffcli.Command{
+		Name:      name,
+		ShortHelp: help + " (not in this build yet)",
+		FlagSet:   flag.NewFlagSet(name, flag.ContinueOnError),
+		Exec: func(context.Context, []string) error {
+			return fmt.Errorf("%s: not in this build yet", name)
+		},
+	}
+}

@@ -1,0 +1,272 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/peterbourgon/ff/v3/ffcli"
+	"github.com/rs/zerolog"
+	"github.com/uptrace/bun"
+
+	"github.com/stagely-dev/stagely/app"
+	"github.com/stagely-dev/stagely/checks"
+	"github.com/stagely-dev/stagely/ghclient"
+	"github.com/stagely-dev/stagely/kv"
+	"github.com/stagely-dev/stagely/migrations"
+	"github.com/stagely-dev/stagely/reconciler"
+	"github.com/stagely-dev/stagely/repoconfig"
+	"github.com/stagely-dev/stagely/store"
+)
+
+type serverConfig struct {
+	addr          string
+	databaseURL   string
+	valkeyURL     string
+	webhookSecret string
+	githubURL     string
+	appID         int64
+	appKeyFile    string
+	appKey        string
+	botLogin      string
+	workers       int
+	lease         time.Duration
+	poll          time.Duration
+	defaultTTL    time.Duration
+	logLevel      string
+	logFormat     string
+}
+
+func (c *serverConfig) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.addr, "addr", ":8080", "HTTP listen address of the webhook endpoint and health checks")
+	fs.StringVar(&c.databaseURL, "database-url", "", "Postgres URL, e.g. postgres://user:pass@host:5432/stagely (required)")
+	fs.StringVar(&c.valkeyURL, "valkey-url", "", "Valkey/Redis URL shared by several processes, e.g. redis://host:6379/0; empty: single-node mode")
+	fs.StringVar(&c.webhookSecret, "webhook-secret", "", "the GitHub App's webhook secret (required)")
+	fs.StringVar(&c.githubURL, "github-url", "https://api.github.com/", "GitHub REST API root; GitHub Enterprise Server: https://HOST/api/v3/")
+	fs.Int64Var(&c.appID, "app-id", 0, "the GitHub App's id (required)")
+	fs.StringVar(&c.appKeyFile, "app-key-file", "", "file holding the GitHub App's private key (PEM); or set --app-key")
+	fs.StringVar(&c.appKey, "app-key", "", "the GitHub App's private key itself (PEM)")
+	fs.StringVar(&c.botLogin, "bot-login", "", "the app's bot login, e.g. stagely[bot]; empty: asked from GitHub at start")
+	fs.IntVar(&c.workers, "workers", 8, "environments this process reconciles at once; 0: webhook intake only")
+	fs.DurationVar(&c.lease, "lease", 30*time.Second, "how long a worker's claim on an environment lasts without renewal")
+	fs.DurationVar(&c.poll, "poll", 2*time.Second, "how often workers look for work when no wake-up arrives")
+	fs.DurationVar(&c.defaultTTL, "default-ttl", 72*time.Hour, "preview lifetime without a push when .stagely.yml sets none")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "json", "json or console")
+}
+
+// serverDeps are the parts a test may replace.
+type serverDeps struct {
+	deployer reconciler.Deployer
+	listening func(addr string)
+}
+
+func serverCommand(stdout, stderr io.Writer) *ffcli.Command {
+	return serverCommandWith(stderr, serverDeps{deployer: unavailableDeployer{}})
+}
+
+func serverCommandWith(stderr io.Writer, deps serverDeps) *ffcli.Command {
+	var cfg serverConfig
+	fs := flag.NewFlagSet("server", flag.ContinueOnError)
+	cfg.register(fs)
+	c := &ffcli.Command{
+		Name:       "server",
+		ShortUsage: "stagely server [flags]",
+		ShortHelp:  "GitHub App webhook endpoint, reconciler workers and health checks",
+		LongHelp:   "Runs the GitHub App: records webhook intent in Postgres and reconciles environments.",
+		FlagSet:    fs,
+		Options:    ffOptions(),
+		Exec: func(ctx context.Context, _ []string) error {
+			return runServer(ctx, cfg, stderr, deps)
+		},
+	}
+	c.UsageFunc = usage
+	return c
+}
+
+func newLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil {
+		return zerolog.Nop(), fmt.Errorf("--log-level: %w", err)
+	}
+	if format == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+	} else if format != "json" {
+		return zerolog.Nop(), fmt.Errorf("--log-format must be json or console, not %q", format)
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+func (c *serverConfig) check(fs *flag.FlagSet) error {
+	if err := required(fs, "database-url", "webhook-secret", "app-id"); err != nil {
+		return err
+	}
+	if c.appKey == "" && c.appKeyFile == "" {
+		return fmt.Errorf("missing required setting: --app-key-file (%s) or --app-key (%s)", envName("app-key-file"), envName("app-key"))
+	}
+	if len(c.webhookSecret) < 16 {
+		return fmt.Errorf("--webhook-secret (%s) is too short: use at least 16 random characters", envName("webhook-secret"))
+	}
+	return nil
+}
+
+func (c *serverConfig) privateKey() ([]byte, error) {
+	if c.appKey != "" {
+		return []byte(c.appKey), nil
+	}
+	b, err := os.ReadFile(c.appKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--app-key-file: %w", err)
+	}
+	return b, nil
+}
+
+func runServer(ctx context.Context, cfg serverConfig, stderr io.Writer, deps serverDeps) error {
+	fs := flag.NewFlagSet("server", flag.ContinueOnError)
+	// The flag set only lends its names to the checks; values come from cfg.
+	tmp := cfg
+	tmp.register(fs)
+	for name, val := range map[string]string{"database-url": cfg.databaseURL, "webhook-secret": cfg.webhookSecret, "app-id": fmt.Sprint(cfg.appID)} {
+		fs.Set(name, val) //nolint:errcheck // names registered above
+	}
+	if err := cfg.check(fs); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, cfg.logLevel, cfg.logFormat)
+	if err != nil {
+		return err
+	}
+	key, err := cfg.privateKey()
+	if err != nil {
+		return err
+	}
+
+	db, err := store.Open(ctx, cfg.databaseURL, 50)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	applied, err := migrations.Apply(ctx, db)
+	if err != nil {
+		return err
+	}
+	if len(applied) > 0 {
+		log.Info().Strs("migrations", applied).Msg("applied migrations")
+	}
+	shared, err := kv.Open(ctx, cfg.valkeyURL)
+	if err != nil {
+		return err
+	}
+	defer shared.Close()
+
+	clients, err := ghclient.New(ghclient.Config{BaseURL: cfg.githubURL, AppID: cfg.appID, PrivateKeyPEM: key, Logger: log})
+	if err != nil {
+		return err
+	}
+	bot := cfg.botLogin
+	if bot == "" {
+		if bot, err = ghclient.BotLogin(ctx, clients); err != nil {
+			return fmt.Errorf("ask GitHub for the app's bot login (or set --bot-login): %w", err)
+		}
+	}
+
+	base := &app.Base{DB: db, Wake: shared, AppID: cfg.appID, Logger: log}
+	mux := http.NewServeMux()
+	mux.Handle(app.HookPath, app.NewIntake(base, cfg.webhookSecret))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/readyz", readyz(db, shared))
+
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.addr, err)
+	}
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		BaseContext:       func(net.Listener) context.Context { return log.WithContext(context.Background()) },
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info().Str("addr", ln.Addr().String()).Str("bot", bot).Int("workers", cfg.workers).Msg("stagely server listening")
+	if deps.listening != nil {
+		deps.listening(ln.Addr().String())
+	}
+
+	rctx, stopWorkers := context.WithCancel(ctx)
+	defer stopWorkers()
+	workersDone := make(chan struct{})
+	if cfg.workers > 0 {
+		rec, err := reconciler.New(reconciler.Config{
+			DB: db, Wake: shared, Clients: clients, BotLogin: bot, Deployer: deps.deployer,
+			Defaults: repoconfig.Defaults{Provider: repoconfig.Provider{Name: "local"}, TTL: cfg.defaultTTL},
+			Workers:  cfg.workers, Lease: cfg.lease, Poll: cfg.poll, Logger: log,
+		})
+		if err != nil {
+			return err
+		}
+		go func() { defer close(workersDone); errc <- rec.Run(rctx) }()
+	} else {
+		close(workersDone)
+	}
+
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+	}
+	log.Info().Msg("shutting down")
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	shutdownErr := srv.Shutdown(sctx)
+	stopWorkers()
+	<-workersDone
+	return shutdownErr
+}
+
+// readyz answers 200 when Postgres and Valkey both answer, else 503 naming
+// what does not.
+func readyz(db *bun.DB, shared kv.Store) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		var bad []string
+		if err := db.PingContext(ctx); err != nil {
+			bad = append(bad, "postgres: "+err.Error())
+		}
+		if err := shared.Ping(ctx); err != nil {
+			bad = append(bad, "valkey: "+err.Error())
+		}
+		if len(bad) > 0 {
+			http.Error(w, "not ready: "+strings.Join(bad, "; "), http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	}
+}
+
+// unavailableDeployer is the Deployer until this build has a provisioner:
+// every deploy fails visibly on the Check Run, saying why.
+type unavailableDeployer struct{}
+
+func (unavailableDeployer) Deploy(context.Context, reconciler.DeployRequest, func([]checks.Step)) (reconciler.DeployResult, error) {
+	return reconciler.DeployResult{}, &reconciler.DeployError{
+		Step:   "Provision",
+		Reason: "this Stagely server has no machine provider configured",
+		Hint:   "ask the Stagely operator to configure a provider",
+	}
+}
+
+func (unavailableDeployer) Destroy(context.Context, reconciler.Target) error { return nil }

@@ -1,0 +1,109 @@
+package ghsim
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"fmt"
+	"net/http"
+	"path"
+	"sort"
+	"strings"
+)
+
+// codeloadPrefix is where tarball downloads are served, standing in for
+// GitHub's separate codeload host.
+const codeloadPrefix = "/_codeload/"
+
+// serveCodeload answers GET /_codeload/{owner}/{repo}/legacy.tar.gz/{sha}?token=
+// with the tree at sha, packed as GitHub does: a pax global header carrying
+// the commit sha, then everything under "owner-repo-shortsha/".
+func (s *Sim) serveCodeload(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		http.NotFound(w, r)
+		return
+	}
+	s.mu.Lock()
+	link := s.st.archives[r.URL.Query().Get("token")]
+	now := s.now()
+	var data []byte
+	var name string
+	var err error
+	valid := link != nil && now.Before(link.expiresAt) &&
+		strings.HasPrefix(r.URL.Path, codeloadPrefix+link.repo.fullName()+"/legacy.tar.gz/"+link.sha)
+	if valid {
+		cm := link.repo.commits[link.sha]
+		name = fmt.Sprintf("%s-%s-%s", link.repo.owner.login, link.repo.name, link.sha[:7])
+		data, err = buildTarball(name, cm)
+	}
+	s.mu.Unlock()
+
+	if !valid {
+		// GitHub's codeload answers expired or forged links with a bare 404.
+		http.NotFound(w, r)
+		return
+	}
+	if err != nil {
+		http.Error(w, "ghsim: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-gzip")
+	w.Header().Set("Content-Disposition", "attachment; filename="+name+".tar.gz")
+	w.Header().Set("Content-Length", fmt.Sprint(len(data)))
+	_, _ = w.Write(data)
+}
+
+func buildTarball(top string, cm *commit) ([]byte, error) {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	if err := tw.WriteHeader(&tar.Header{
+		Typeflag:   tar.TypeXGlobalHeader,
+		Name:       "pax_global_header",
+		PAXRecords: map[string]string{"comment": cm.sha},
+	}); err != nil {
+		return nil, fmt.Errorf("tarball: %w", err)
+	}
+	dirs := map[string]bool{top + "/": true}
+	paths := make([]string, 0, len(cm.tree))
+	for p := range cm.tree {
+		paths = append(paths, p)
+		for d := path.Dir(p); d != "."; d = path.Dir(d) {
+			dirs[top+"/"+d+"/"] = true
+		}
+	}
+	entries := make([]string, 0, len(dirs)+len(paths))
+	for d := range dirs {
+		entries = append(entries, d)
+	}
+	for _, p := range paths {
+		entries = append(entries, top+"/"+p)
+	}
+	sort.Strings(entries)
+	for _, e := range entries {
+		hdr := &tar.Header{Name: e, ModTime: cm.time, Format: tar.FormatPAX}
+		if strings.HasSuffix(e, "/") {
+			hdr.Typeflag, hdr.Mode = tar.TypeDir, 0o775
+		} else {
+			content := cm.tree[strings.TrimPrefix(e, top+"/")]
+			hdr.Typeflag, hdr.Mode, hdr.Size = tar.TypeReg, 0o664, int64(len(content))
+			if err := tw.WriteHeader(hdr); err != nil {
+				return nil, fmt.Errorf("tarball: %w", err)
+			}
+			if _, err := tw.Write([]byte(content)); err != nil {
+				return nil, fmt.Errorf("tarball: %w", err)
+			}
+			continue
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return nil, fmt.Errorf("tarball: %w", err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, fmt.Errorf("tarball: %w", err)
+	}
+	if err := zw.Close(); err != nil {
+		return nil, fmt.Errorf("tarball: %w", err)
+	}
+	return buf.Bytes(), nil
+}
