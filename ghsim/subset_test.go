@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -321,4 +320,3 @@ func encodeCanonical(v any) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-var _ = io.EOF
