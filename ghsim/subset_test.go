@@ -319,4 +319,3 @@ func encodeCanonical(v any) ([]byte, error) {
 	}
 	return buf.Bytes(), nil
 }
-

@@ -2,7 +2,6 @@ package reconciler
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -67,10 +66,4 @@ func (s *session) sticky(ctx context.Context, state comments.State, sha string, 
 		s.env.CommentID = id
 	}
 	return nil
-}
-
-// isNotFound reports whether err is GitHub's 404.
-func isNotFound(err error) bool {
-	var ge *github.ErrorResponse
-	return errors.As(err, &ge) && ge.Response != nil && ge.Response.StatusCode == http.StatusNotFound
 }

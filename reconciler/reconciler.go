@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"strconv"
 	"sync"
 	"time"
 
@@ -258,5 +257,3 @@ func backoff(attempts int) time.Duration {
 	}
 	return d/2 + rand.N(d/2+1)
 }
-
-func idString(id int64) string { return strconv.FormatInt(id, 10) }

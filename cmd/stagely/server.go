@@ -64,7 +64,7 @@ func (c *serverConfig) register(fs *flag.FlagSet) {
 
 // serverDeps are the parts a test may replace.
 type serverDeps struct {
-	deployer reconciler.Deployer
+	deployer  reconciler.Deployer
 	listening func(addr string)
 }
 
