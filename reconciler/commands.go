@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/google/go-github/v60/github"
+	"github.com/uptrace/bun"
 
 	"github.com/stagely-dev/stagely/comments"
 	"github.com/stagely-dev/stagely/store"
@@ -144,11 +145,20 @@ func (s *session) refuse(ctx context.Context, c *store.Command, body string) err
 
 func (s *session) setCommand(ctx context.Context, c *store.Command, status string, g int64) error {
 	c.Status, c.TargetGeneration = status, g
-	if _, err := s.r.cfg.DB.NewUpdate().Model(c).WherePK().Column("status", "target_generation").
-		Set("updated_at = now()").Exec(ctx); err != nil {
-		return fmt.Errorf("save command %d: %w", c.ID, err)
-	}
-	return nil
+	return store.InTx(ctx, s.r.cfg.DB, func(ctx context.Context, tx bun.Tx) error {
+		if _, err := tx.NewUpdate().Model(c).WherePK().Column("status", "target_generation").
+			Set("updated_at = now()").Exec(ctx); err != nil {
+			return fmt.Errorf("save command %d: %w", c.ID, err)
+		}
+		if status != store.CommandApplied && status != store.CommandRefused {
+			return nil
+		}
+		// Who asked for what, and whether Stagely did it, outlives the
+		// comments on GitHub.
+		return store.Audit(ctx, tx, c.Actor, "command."+c.Name+"."+status, s.env.ID, map[string]any{
+			"source": c.Source, "comment_id": c.CommentID, "delivery_id": c.DeliveryID, "generation": g,
+		})
+	})
 }
 
 // react adds a reaction to the command's comment. GitHub answers 200 for a

@@ -46,6 +46,7 @@ type world struct {
 	dbURL  string
 	db     *bun.DB
 	logs   *syncBuffer
+	valkey string // empty: single-node mode
 }
 
 func newWorld(t *testing.T, files map[string]string) *world {
@@ -92,7 +93,7 @@ func newWorld(t *testing.T, files map[string]string) *world {
 
 func (w *world) config(workers int) serverConfig {
 	return serverConfig{
-		addr: "127.0.0.1:0", databaseURL: w.dbURL, webhookSecret: testSecret, githubURL: w.simURL,
+		addr: "127.0.0.1:0", databaseURL: w.dbURL, valkeyURL: w.valkey, webhookSecret: testSecret, githubURL: w.simURL,
 		appID: testAppID, appKeyFile: w.key, workers: workers, lease: 2 * time.Second,
 		poll: 200 * time.Millisecond, defaultTTL: time.Hour, logLevel: "warn", logFormat: "json",
 	}
@@ -553,4 +554,16 @@ func TestRepositoryConfigProblemsAreReported(t *testing.T) {
 			}
 		})
 	}
+}
+
+func prSpec(head string) ghsim.PRSpec {
+	return ghsim.PRSpec{Owner: owner, Repo: repoName, Head: head, Files: map[string]string{"index.html": "v1 of " + head}}
+}
+
+// valkeyURL is the server scripts/services.sh starts.
+func valkeyURL() string {
+	if u := os.Getenv("STAGELY_TEST_VALKEY_URL"); u != "" {
+		return u
+	}
+	return "redis://127.0.0.1:6379/0"
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"sort"
 	"strings"
 
 	"github.com/peterbourgon/ff/v3"
@@ -38,16 +39,18 @@ func usage(c *ffcli.Command) string {
 	return b.String()
 }
 
-// required returns an error naming every empty required setting.
-func required(fs *flag.FlagSet, names ...string) error {
-	var missing []string
-	for _, n := range names {
-		if f := fs.Lookup(n); f != nil && f.Value.String() == "" || f != nil && f.Value.String() == "0" {
-			missing = append(missing, fmt.Sprintf("--%s (%s)", n, envName(n)))
+// missing returns an error naming every required setting that is unset,
+// given as flag name → unset.
+func missing(unset map[string]bool) error {
+	var names []string
+	for n, u := range unset {
+		if u {
+			names = append(names, fmt.Sprintf("--%s (%s)", n, envName(n)))
 		}
 	}
-	if len(missing) > 0 {
-		return fmt.Errorf("missing required setting: %s", strings.Join(missing, ", "))
+	if len(names) == 0 {
+		return nil
 	}
-	return nil
+	sort.Strings(names)
+	return fmt.Errorf("missing required setting: %s", strings.Join(names, ", "))
 }

@@ -23,7 +23,7 @@ func migrateCommand(stdout, stderr io.Writer) *ffcli.Command {
 		FlagSet:    fs,
 		Options:    ffOptions(),
 		Exec: func(ctx context.Context, _ []string) error {
-			if err := required(fs, "database-url"); err != nil {
+			if err := missing(map[string]bool{"database-url": *dbURL == ""}); err != nil {
 				return err
 			}
 			db, err := store.Open(ctx, *dbURL, 2)

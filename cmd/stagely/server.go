@@ -104,8 +104,8 @@ func newLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
 }
 
-func (c *serverConfig) check(fs *flag.FlagSet) error {
-	if err := required(fs, "database-url", "webhook-secret", "app-id"); err != nil {
+func (c *serverConfig) check() error {
+	if err := missing(map[string]bool{"database-url": c.databaseURL == "", "webhook-secret": c.webhookSecret == "", "app-id": c.appID == 0}); err != nil {
 		return err
 	}
 	if c.appKey == "" && c.appKeyFile == "" {
@@ -129,14 +129,7 @@ func (c *serverConfig) privateKey() ([]byte, error) {
 }
 
 func runServer(ctx context.Context, cfg serverConfig, stderr io.Writer, deps serverDeps) error {
-	fs := flag.NewFlagSet("server", flag.ContinueOnError)
-	// The flag set only lends its names to the checks; values come from cfg.
-	tmp := cfg
-	tmp.register(fs)
-	for name, val := range map[string]string{"database-url": cfg.databaseURL, "webhook-secret": cfg.webhookSecret, "app-id": fmt.Sprint(cfg.appID)} {
-		fs.Set(name, val) //nolint:errcheck // names registered above
-	}
-	if err := cfg.check(fs); err != nil {
+	if err := cfg.check(); err != nil {
 		return err
 	}
 	log, err := newLogger(stderr, cfg.logLevel, cfg.logFormat)
