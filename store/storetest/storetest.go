@@ -34,6 +34,23 @@ func AdminURL() string {
 // and returns its URL (for tests that start server processes).
 func NewURL(t testing.TB) string {
 	t.Helper()
+	u := NewEmptyURL(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db, err := store.Open(ctx, u, 2)
+	if err != nil {
+		t.Fatalf("open test database: %v", err)
+	}
+	defer db.Close()
+	if _, err := migrations.Apply(ctx, db); err != nil {
+		t.Fatalf("migrate test database: %v", err)
+	}
+	return u
+}
+
+// NewEmptyURL is NewURL without the migrations.
+func NewEmptyURL(t testing.TB) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	admin, err := store.Open(ctx, AdminURL(), 2)
@@ -61,14 +78,6 @@ func NewURL(t testing.TB) string {
 		t.Fatalf("parse %s: %v", AdminURL(), err)
 	}
 	u.Path = "/" + name
-	db, err := store.Open(ctx, u.String(), 2)
-	if err != nil {
-		t.Fatalf("open test database: %v", err)
-	}
-	defer db.Close()
-	if _, err := migrations.Apply(ctx, db); err != nil {
-		t.Fatalf("migrate test database: %v", err)
-	}
 	return u.String()
 }
 
