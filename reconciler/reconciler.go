@@ -206,6 +206,8 @@ func (r *Reconciler) work(ctx context.Context, env store.Environment) {
 	ctx = log.WithContext(ctx)
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The renewer has its own copy of the id: converge rewrites env.
+	id := env.ID
 	renewDone := make(chan struct{})
 	go func() {
 		defer close(renewDone)
@@ -216,7 +218,7 @@ func (r *Reconciler) work(ctx context.Context, env store.Environment) {
 			case <-wctx.Done():
 				return
 			case <-t.C:
-				if err := store.Renew(wctx, r.cfg.DB, env.ID, r.cfg.Owner, r.cfg.Lease); err != nil {
+				if err := store.Renew(wctx, r.cfg.DB, id, r.cfg.Owner, r.cfg.Lease); err != nil {
 					if wctx.Err() == nil {
 						log.Warn().Err(err).Msg("lease renewal failed; stopping")
 						cancel()
