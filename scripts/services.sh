@@ -89,6 +89,7 @@ docker compose version >/dev/null
 
 # --- Pebble (ACME test server) and staticcheck ------------------------------
 [ -x "$GOBIN_DIR/pebble" ] || { log "building pebble"; go install "github.com/letsencrypt/pebble/v2/cmd/pebble@$PEBBLE_VERSION"; }
+[ -x "$GOBIN_DIR/pebble-challtestsrv" ] || { log "building pebble-challtestsrv"; go install "github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv@$PEBBLE_VERSION"; }
 [ -x "$GOBIN_DIR/staticcheck" ] || { log "building staticcheck"; go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"; }
 
 log "services ready"
