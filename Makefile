@@ -26,8 +26,19 @@ lint:
 demo: services build
 	./bin/stagely demo
 
-bench: services
-	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./... | $(GO) run ./cmd/benchreport
+# bench starts the services, runs every package's benchmarks once (each
+# measures its own baseline in the same run) and prints only their result
+# lines, one JSON object a line with name, value, unit, baseline and ratio,
+# on standard output; everything else goes to standard error. A failing
+# benchmark, or none printing a result, fails make.
+bench: SHELL := bash
+bench: .SHELLFLAGS := -o pipefail -c
+bench:
+	@$(MAKE) --no-print-directory services >&2
+	@$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./... 2>&1 | \
+	awk '{ i = index($$0, "{\"name\":"); if (i == 0) { print > "/dev/stderr"; next } \
+	       if (i > 1) print substr($$0, 1, i - 1) > "/dev/stderr"; print substr($$0, i); fflush(); n++ } \
+	     END { if (n == 0) { print "make bench: no benchmark printed a result" > "/dev/stderr"; exit 1 } }'
 
 migrate: services build
 	./bin/stagely migrate --database-url '$(DATABASE_URL)'

@@ -3,8 +3,6 @@ package app
 import (
 	"context"
 
-	"github.com/uptrace/bun"
-
 	"github.com/stagely-dev/stagely/store"
 )
 
@@ -49,13 +47,14 @@ func (h *PullRequestHandler) Handle(ctx context.Context, eventType, deliveryID s
 		in.HeadRepo = pr.Head.Repo.FullName
 	}
 	d := store.Delivery{ID: deliveryID, Event: eventType, Action: ev.Action, InstallationID: in.Repo.InstallationID}
-	return h.deliver(ctx, d, func(ctx context.Context, tx bun.Tx) ([]int64, error) {
-		id, changed, err := store.RecordPullRequest(ctx, tx, in)
-		if err != nil || !changed {
-			return nil, err
-		}
-		return []int64{id}, nil
-	})
+	id, dup, err := store.DeliverPullRequest(ctx, h.DB, d, in)
+	if err != nil {
+		return err
+	}
+	if !dup && id != 0 {
+		h.wake(ctx, id)
+	}
+	return nil
 }
 
 func repoRef(installationID int64, r *repository) store.RepoRef {

@@ -3,8 +3,6 @@ package store
 import (
 	"context"
 	"crypto/rand"
-	"database/sql"
-	"errors"
 	"fmt"
 	"time"
 
@@ -36,64 +34,21 @@ type PullRequestIntent struct {
 // if they are not known yet, so intents never fail for a repository whose
 // installation event was missed.
 func EnsureRepository(ctx context.Context, tx bun.IDB, r RepoRef) error {
-	if _, err := tx.NewRaw(`
-INSERT INTO installations (id, account_login) VALUES (?, ?) ON CONFLICT (id) DO NOTHING`,
-		r.InstallationID, r.Owner).Exec(ctx); err != nil {
-		return fmt.Errorf("ensure installation %d: %w", r.InstallationID, err)
-	}
-	if _, err := tx.NewRaw(`
-INSERT INTO repositories (id, installation_id, owner, name, is_private) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (id) DO UPDATE SET installation_id = excluded.installation_id, owner = excluded.owner,
-    name = excluded.name, is_private = excluded.is_private, removed_at = NULL, updated_at = now()
-WHERE (repositories.installation_id, repositories.owner, repositories.name, repositories.is_private, repositories.removed_at)
-      IS DISTINCT FROM (excluded.installation_id, excluded.owner, excluded.name, excluded.is_private, NULL)`,
-		r.RepositoryID, r.InstallationID, r.Owner, r.Name, r.IsPrivate).Exec(ctx); err != nil {
+	// Inserts only when missing and updates only when something changed:
+	// an unconditional upsert would lock the repository's row and make
+	// every delivery for a busy repository wait on the one before it.
+	_, err := raw(tx).ExecContext(ctx, `
+WITH i AS (INSERT INTO installations (id, account_login) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING),
+     n AS (INSERT INTO repositories (id, installation_id, owner, name, is_private)
+           VALUES ($3, $1, $2, $4, $5) ON CONFLICT (id) DO NOTHING)
+UPDATE repositories SET installation_id = $1, owner = $2, name = $4, is_private = $5, removed_at = NULL, updated_at = now()
+ WHERE id = $3 AND (installation_id, owner, name, is_private, removed_at)
+       IS DISTINCT FROM ($1::bigint, $2::text, $4::text, $5::boolean, NULL::timestamptz)`,
+		r.InstallationID, r.Owner, r.RepositoryID, r.Name, r.IsPrivate)
+	if err != nil {
 		return fmt.Errorf("ensure repository %s/%s: %w", r.Owner, r.Name, err)
 	}
 	return nil
-}
-
-// RecordPullRequest upserts the environment of a pull request with the
-// desired state the event asks for. It returns the environment id and
-// whether the desired state changed: an event older than the last one seen
-// (GitHub does not promise order) or one that asks for what is already
-// desired changes nothing.
-func RecordPullRequest(ctx context.Context, tx bun.IDB, in PullRequestIntent) (id int64, changed bool, err error) {
-	if err := EnsureRepository(ctx, tx, in.Repo); err != nil {
-		return 0, false, err
-	}
-	hash, err := NewHash()
-	if err != nil {
-		return 0, false, err
-	}
-	err = tx.NewRaw(`
-INSERT INTO environments (repository_id, installation_id, owner, repo, pr_number, hash, head_repo, is_fork,
-                          pr_updated_at, desired_state, desired_sha)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (repository_id, pr_number) DO UPDATE SET
-    desired_state = excluded.desired_state, desired_sha = excluded.desired_sha,
-    installation_id = excluded.installation_id, owner = excluded.owner, repo = excluded.repo,
-    head_repo = excluded.head_repo, is_fork = excluded.is_fork, pr_updated_at = excluded.pr_updated_at,
-    desired_generation = environments.desired_generation + 1, intent_seq = environments.intent_seq + 1,
-    attempts = 0, next_attempt_at = now(), touched_at = now(), updated_at = now()
-WHERE excluded.pr_updated_at >= environments.pr_updated_at
-  AND (environments.desired_state, environments.desired_sha) IS DISTINCT FROM (excluded.desired_state, excluded.desired_sha)
-RETURNING id`,
-		in.Repo.RepositoryID, in.Repo.InstallationID, in.Repo.Owner, in.Repo.Name, in.PRNumber, hash,
-		in.HeadRepo, in.IsFork, in.UpdatedAt, in.Desired, in.HeadSHA).Scan(ctx, &id)
-	switch {
-	case err == nil:
-		return id, true, nil
-	case errors.Is(err, sql.ErrNoRows):
-		err = tx.NewRaw(`SELECT id FROM environments WHERE repository_id = ? AND pr_number = ?`,
-			in.Repo.RepositoryID, in.PRNumber).Scan(ctx, &id)
-		if err != nil {
-			return 0, false, fmt.Errorf("find environment of %s/%s#%d: %w", in.Repo.Owner, in.Repo.Name, in.PRNumber, err)
-		}
-		return id, false, nil
-	default:
-		return 0, false, fmt.Errorf("record intent for %s/%s#%d: %w", in.Repo.Owner, in.Repo.Name, in.PRNumber, err)
-	}
 }
 
 // CommandIntent is a slash command or button press on a pull request.

@@ -47,3 +47,26 @@ func redact(cfg *pgx.ConnConfig) string {
 func InTx(ctx context.Context, db bun.IDB, fn func(ctx context.Context, tx bun.Tx) error) error {
 	return db.RunInTx(ctx, &sql.TxOptions{}, fn)
 }
+
+// querier is database/sql's side of a bun handle. Hot statements go through
+// it with $n placeholders instead of bun's client-side formatting, so pgx
+// prepares each once per connection and Postgres does not parse and plan
+// it again for every webhook.
+type querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+func raw(db bun.IDB) querier {
+	switch v := db.(type) {
+	case bun.Tx:
+		return v.Tx
+	case *bun.Tx:
+		return v.Tx
+	case *bun.DB:
+		return v.DB
+	case bun.Conn:
+		return v.Conn
+	}
+	panic(fmt.Sprintf("store: unsupported database handle %T", db))
+}

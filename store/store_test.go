@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -20,7 +21,7 @@ func pr(sha, desired string, at time.Time) store.PullRequestIntent {
 	return store.PullRequestIntent{Repo: repo, PRNumber: 3, HeadRepo: "octo/app", HeadSHA: sha, Desired: desired, UpdatedAt: at}
 }
 
-func TestRecordPullRequestOrdersAndDeduplicatesIntent(t *testing.T) {
+func TestDeliverPullRequestOrdersAndDeduplicatesIntent(t *testing.T) {
 	db := storetest.New(t)
 	ctx := context.Background()
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -38,16 +39,17 @@ func TestRecordPullRequestOrdersAndDeduplicatesIntent(t *testing.T) {
 		{"late older push", pr("ccc", store.DesiredRunning, t0.Add(time.Second)), false, "bbb", store.DesiredRunning, 2},
 		{"closed", pr("bbb", store.DesiredDestroyed, t0.Add(3*time.Second)), true, "bbb", store.DesiredDestroyed, 3},
 	}
-	for _, s := range steps {
-		id, changed, err := store.RecordPullRequest(ctx, db, s.in)
-		if err != nil {
-			t.Fatalf("%s: %v", s.name, err)
+	for i, s := range steps {
+		d := store.Delivery{ID: fmt.Sprintf("d-%d", i), Event: "pull_request", Action: "synchronize", InstallationID: 7}
+		id, dup, err := store.DeliverPullRequest(ctx, db, d, s.in)
+		if err != nil || dup {
+			t.Fatalf("%s: duplicate %v, %v", s.name, dup, err)
 		}
-		if changed != s.wantChanged {
+		if changed := id != 0; changed != s.wantChanged {
 			t.Errorf("%s: changed = %v, want %v", s.name, changed, s.wantChanged)
 		}
 		var env store.Environment
-		if err := db.NewSelect().Model(&env).Where("id = ?", id).Scan(ctx); err != nil {
+		if err := db.NewSelect().Model(&env).Where("pr_number = 3").Scan(ctx); err != nil {
 			t.Fatal(err)
 		}
 		if env.DesiredSHA != s.wantSHA || env.DesiredState != s.wantState || env.DesiredGeneration != s.wantGen {
@@ -83,7 +85,7 @@ func TestDeliverIsOncePerDeliveryAndRetriesFailures(t *testing.T) {
 				mu.Lock()
 				calls++
 				mu.Unlock()
-				_, _, err := store.RecordPullRequest(ctx, tx, pr("aaa", store.DesiredRunning, time.Now()))
+				_, err := store.RecordCommand(ctx, tx, store.CommandIntent{Repo: repo, PRNumber: 3, DeliveryID: d.ID, Source: store.SourceComment, Actor: "a", Name: "redeploy"})
 				return err
 			})
 			if err != nil {
@@ -108,7 +110,7 @@ func TestClaimLeasesEachEnvironmentToOneWorker(t *testing.T) {
 	for i := range 20 {
 		in := pr("aaa", store.DesiredRunning, time.Now())
 		in.PRNumber = i + 1
-		if _, _, err := store.RecordPullRequest(ctx, db, in); err != nil {
+		if _, _, err := store.DeliverPullRequest(ctx, db, store.Delivery{ID: fmt.Sprint(i), Event: "pull_request"}, in); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -207,5 +209,38 @@ func TestMigrationsRaceSafely(t *testing.T) {
 	}
 	if _, err := db.NewSelect().Model((*store.Environment)(nil)).Count(ctx); err != nil {
 		t.Errorf("schema incomplete: %v", err)
+	}
+}
+
+func TestDeliverPullRequestIsOncePerDelivery(t *testing.T) {
+	db := storetest.New(t)
+	ctx := context.Background()
+	d := store.Delivery{ID: "same", Event: "pull_request", Action: "opened", InstallationID: 7}
+	in := pr("aaa", store.DesiredRunning, time.Now())
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	firsts := 0
+	for range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, dup, err := store.DeliverPullRequest(ctx, db, d, in)
+			if err != nil {
+				t.Error(err)
+			}
+			if !dup {
+				mu.Lock()
+				firsts++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	var gen int64
+	if err := db.NewRaw("SELECT desired_generation FROM environments").Scan(ctx, &gen); err != nil {
+		t.Fatal(err)
+	}
+	if firsts != 1 || gen != 1 {
+		t.Errorf("10 copies of one delivery: %d processed, generation %d; want 1 and 1", firsts, gen)
 	}
 }
