@@ -1,0 +1,240 @@
+package compose
+
+import (
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/compose-spec/compose-go/v2/types"
+
+	"github.com/stagely-dev/stagely/agent/protocol"
+)
+
+// Violation is one thing a compose file asks for that the policy forbids.
+type Violation struct {
+	// File is the compose file, as the repository names it, that sets the
+	// key; Line is where (0 when it came through extends or include).
+	File string
+	Line int
+	// Service is empty for a top-level key.
+	Service string
+	// Key is the compose key, dotted below the service ("build.context").
+	Key string
+	// Value is what was asked for.
+	Value string
+	// Allow is the policy flag that would allow it.
+	Allow string
+}
+
+// Error implements error.
+func (v Violation) Error() string {
+	where := v.File
+	if v.Line > 0 {
+		where = fmt.Sprintf("%s:%d", v.File, v.Line)
+	}
+	subject := fmt.Sprintf("service %q", v.Service)
+	if v.Service == "" {
+		subject = "top level"
+	}
+	return fmt.Sprintf("%s: %s: %s: %s is not allowed (policy %s is off)", where, subject, v.Key, v.Value, v.Allow)
+}
+
+// PolicyError lists every violation found, in file order.
+type PolicyError struct {
+	Violations []Violation
+}
+
+// Error implements error.
+func (e *PolicyError) Error() string {
+	lines := make([]string, len(e.Violations))
+	for i, v := range e.Violations {
+		lines[i] = v.Error()
+	}
+	return "compose file refused by policy:\n" + strings.Join(lines, "\n")
+}
+
+// dockerSockets are the socket's usual paths; binding one of them or a
+// directory above them hands the containers the host.
+var dockerSockets = []string{"/var/run/docker.sock", "/run/docker.sock"}
+
+// Check returns a *PolicyError listing what the project asks for that pol
+// does not allow, or nil.
+func Check(p *Project, pol protocol.Policy) error {
+	c := checker{p: p, pol: pol}
+	all := map[string]types.ServiceConfig{}
+	for n, s := range p.Model.Services {
+		all[n] = s
+	}
+	for n, s := range p.Model.DisabledServices {
+		all[n] = s
+	}
+	names := make([]string, 0, len(all))
+	for n := range all {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		c.service(n, all[n])
+	}
+	c.topLevel()
+	if len(c.found) == 0 {
+		return nil
+	}
+	sort.SliceStable(c.found, func(i, j int) bool {
+		a, b := c.found[i], c.found[j]
+		if a.File != b.File {
+			return c.fileIndex(a.File) < c.fileIndex(b.File)
+		}
+		return a.Line < b.Line
+	})
+	return &PolicyError{Violations: c.found}
+}
+
+type checker struct {
+	p     *Project
+	pol   protocol.Policy
+	found []Violation
+}
+
+func (c *checker) fileIndex(name string) int {
+	for i, r := range c.p.raw {
+		if r.name == name {
+			return i
+		}
+	}
+	return len(c.p.raw)
+}
+
+// refuse records a violation of a service key (or top-level key when
+// service is "") located at keys in the raw files.
+func (c *checker) refuse(service, key, value, allow string, keys ...string) {
+	file, line := c.p.locate(keys...)
+	c.found = append(c.found, Violation{File: file, Line: line, Service: service, Key: key, Value: value, Allow: allow})
+}
+
+func (c *checker) service(name string, s types.ServiceConfig) {
+	at := func(k ...string) []string { return append([]string{"services", name}, k...) }
+	if s.Privileged && !c.pol.AllowPrivileged {
+		c.refuse(name, "privileged", "true", "allow_privileged", at("privileged")...)
+	}
+	for _, capability := range s.CapAdd {
+		if capName := strings.ToUpper(strings.TrimPrefix(strings.ToUpper(capability), "CAP_")); (capName == "ALL" || capName == "SYS_ADMIN") && !c.pol.AllowPrivileged {
+			c.refuse(name, "cap_add", capability, "allow_privileged", at("cap_add")...)
+		}
+	}
+	if len(s.Devices) > 0 && !c.pol.AllowPrivileged {
+		c.refuse(name, "devices", s.Devices[0].Source, "allow_privileged", at("devices")...)
+	}
+	if s.NetworkMode == "host" && !c.pol.AllowHostNetwork {
+		c.refuse(name, "network_mode", "host", "allow_host_network", at("network_mode")...)
+	}
+	for _, ns := range []struct{ key, val string }{
+		{"pid", s.Pid}, {"ipc", s.Ipc}, {"uts", s.Uts}, {"userns_mode", s.UserNSMode}, {"cgroup", s.Cgroup},
+	} {
+		if ns.val == "host" && !c.pol.AllowHostNamespaces {
+			c.refuse(name, ns.key, "host", "allow_host_namespaces", at(ns.key)...)
+		}
+	}
+	for _, v := range s.Volumes {
+		if v.Type != types.VolumeTypeBind {
+			continue
+		}
+		c.mount(name, "volumes", v.Source, at("volumes"))
+	}
+	for _, f := range s.EnvFiles {
+		c.hostPath(name, "env_file", f.Path, at("env_file"))
+	}
+	if b := s.Build; b != nil {
+		if b.Privileged && !c.pol.AllowPrivileged {
+			c.refuse(name, "build.privileged", "true", "allow_privileged", at("build", "privileged")...)
+		}
+		if b.Network == "host" && !c.pol.AllowHostNetwork {
+			c.refuse(name, "build.network", "host", "allow_host_network", at("build", "network")...)
+		}
+		if isHostPath(b.Context) && !c.hostPath(name, "build.context", b.Context, at("build")) {
+			if df := b.Dockerfile; df != "" {
+				if !filepath.IsAbs(df) {
+					df = filepath.Join(b.Context, df)
+				}
+				c.hostPath(name, "build.dockerfile", df, at("build"))
+			}
+		}
+		for k, ctxPath := range b.AdditionalContexts {
+			if isHostPath(ctxPath) {
+				c.hostPath(name, "build.additional_contexts."+k, ctxPath, at("build", "additional_contexts"))
+			}
+		}
+	}
+}
+
+// mount refuses a bind mount of the Docker socket (or a directory above
+// it) and of any other host path outside the repository.
+func (c *checker) mount(service, key, path string, keys []string) {
+	clean := filepath.Clean(path)
+	for _, sock := range dockerSockets {
+		if within(clean, sock) && !c.pol.AllowDockerSocket {
+			c.refuse(service, key, fmt.Sprintf("%s (the Docker socket)", path), "allow_docker_socket", keys...)
+			return
+		}
+	}
+	c.hostPath(service, key, path, keys)
+}
+
+// hostPath refuses a host path outside the repository and reports whether
+// it did.
+func (c *checker) hostPath(service, key, path string, keys []string) bool {
+	if path == "" || within(c.p.Root, path) || c.pol.AllowHostMounts {
+		return false
+	}
+	c.refuse(service, key, fmt.Sprintf("%s (outside the repository)", path), "allow_host_mounts", keys...)
+	return true
+}
+
+func (c *checker) topLevel() {
+	files := func(kind string, m map[string]types.FileObjectConfig) {
+		names := make([]string, 0, len(m))
+		for n := range m {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			if f := m[n].File; f != "" {
+				c.hostPath("", kind+"."+n+".file", f, []string{kind, n, "file"})
+			}
+		}
+	}
+	secrets := map[string]types.FileObjectConfig{}
+	for n, s := range c.p.Model.Secrets {
+		secrets[n] = types.FileObjectConfig(s)
+	}
+	configs := map[string]types.FileObjectConfig{}
+	for n, s := range c.p.Model.Configs {
+		configs[n] = types.FileObjectConfig(s)
+	}
+	files("secrets", secrets)
+	files("configs", configs)
+
+	names := make([]string, 0, len(c.p.Model.Volumes))
+	for n := range c.p.Model.Volumes {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		// A local volume with o=bind mounts its device, a host path.
+		opts := c.p.Model.Volumes[n].DriverOpts
+		if dev := opts["device"]; dev != "" && strings.Contains(opts["o"], "bind") {
+			path := dev
+			if !filepath.IsAbs(path) {
+				path = filepath.Join(filepath.Dir(c.p.Files[0]), path)
+			}
+			c.mount("", "volumes."+n+".driver_opts.device", path, []string{"volumes", n, "driver_opts"})
+		}
+	}
+}
+
+// isHostPath tells a local path from a remote build context (a git or
+// HTTP URL) or a reference to another service or image.
+func isHostPath(s string) bool {
+	return filepath.IsAbs(s)
+}
