@@ -1,0 +1,155 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestAgentKilledGives502Fast kills the agent's process in the middle of
+// a request: the request in flight and the next ones get the 502 page
+// within a second, not a hang.
+func TestAgentKilledGives502Fast(t *testing.T) {
+	n := startNode(t, nodeOpts{})
+	be := backend(t)
+	ap := startAgentProcess(t, n, "token-a", be.addr)
+	c := client(n.public)
+	if status, _ := get(t, c, "http://"+hostA+"/hello"); status != 200 {
+		t.Fatalf("before the kill: %d", status)
+	}
+	inflight := make(chan int, 1)
+	go func() {
+		resp, err := c.Get("http://" + hostA + "/slow?ms=5000")
+		if err != nil {
+			inflight <- -1
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		inflight <- resp.StatusCode
+	}()
+	time.Sleep(200 * time.Millisecond)
+	killed := time.Now()
+	ap.kill()
+	select {
+	case status := <-inflight:
+		if status != http.StatusBadGateway {
+			t.Fatalf("request in flight when the agent died: %d, want 502", status)
+		}
+		if d := time.Since(killed); d > time.Second {
+			t.Fatalf("request in flight answered %v after the kill", d)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("request in flight still hanging 1s after the agent died")
+	}
+	start := time.Now()
+	status, body := get(t, c, "http://"+hostA+"/hello")
+	if status != http.StatusBadGateway || !strings.Contains(body, "not reachable right now") {
+		t.Fatalf("after the kill: %d %q, want the 502 page", status, body)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("502 took %v", d)
+	}
+}
+
+// TestAgentReconnectMakesRouteLiveFast restarts a killed agent: its host
+// serves again within 2 s of the new session.
+func TestAgentReconnectMakesRouteLiveFast(t *testing.T) {
+	n := startNode(t, nodeOpts{})
+	be := backend(t)
+	ap := startAgentProcess(t, n, "token-a", be.addr)
+	c := client(n.public)
+	get(t, c, "http://"+hostA+"/hello")
+	ap.kill()
+	if status, _ := get(t, c, "http://"+hostA+"/hello"); status != http.StatusBadGateway {
+		t.Fatalf("while the agent is gone: %d", status)
+	}
+	startAgentProcess(t, n, "token-a", be.addr) // returns once connected
+	connected := time.Now()
+	for {
+		status, _ := get(t, c, "http://"+hostA+"/hello")
+		if status == 200 {
+			break
+		}
+		if time.Since(connected) > 2*time.Second {
+			t.Fatalf("route still not live 2s after the agent reconnected (last status %d)", status)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("live %v after the reconnect", time.Since(connected))
+}
+
+// TestProxyRestartAgentsReconnect stops a proxy and starts a new one on
+// the same tunnel address: the agent finds it without help.
+func TestProxyRestartAgentsReconnect(t *testing.T) {
+	routes := NewMemory()
+	n := startNode(t, nodeOpts{routes: routes})
+	be := backend(t)
+	agentFor(t, n, "token-a", be.addr)
+	if status, _ := get(t, client(n.public), "http://"+hostA+"/hello"); status != 200 {
+		t.Fatal(status)
+	}
+	n.Close()
+	ln, err := listenOn(n.tunnel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2 := startNode(t, nodeOpts{ca: n.ca, tunnelLn: ln, routes: routes})
+	c := client(n2.public)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		status, _ := get(t, c, "http://"+hostA+"/hello")
+		if status == 200 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent not back 5s after the proxy restarted (status %d)", status)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestShutdownDrainsInFlightRequests shuts a proxy down while a slow
+// request is in flight: it completes; the agent is told to go away.
+func TestShutdownDrainsInFlightRequests(t *testing.T) {
+	n := startNode(t, nodeOpts{})
+	be := backend(t)
+	reconnects := make(chan struct{}, 8)
+	a := agentFor(t, n, "token-a", be.addr)
+	_ = a
+	c := client(n.public)
+	type result struct {
+		status int
+		body   string
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := c.Get("http://" + hostA + "/slow?ms=700")
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- result{status: resp.StatusCode, body: string(b)}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := n.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	r := <-done
+	if r.err != nil || r.status != 200 || r.body != "slow done" {
+		t.Fatalf("request in flight during shutdown: %d %q %v", r.status, r.body, r.err)
+	}
+	// After the GoAway the agent no longer has this session.
+	if _, ok := a.Welcome(); ok {
+		t.Fatal("agent still holds the drained session")
+	}
+	_ = reconnects
+}

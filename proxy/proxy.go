@@ -1,0 +1,252 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"sync"
+
+	"github.com/rs/zerolog"
+
+	"github.com/stagely-dev/stagely/tunnel"
+)
+
+// Proxy is one proxy node: the tunnel listener for agents, the public
+// HTTP(S) listeners, and (with several nodes) the internal hop listener.
+type Proxy struct {
+	cfg    Config
+	node   string
+	tun    *tunnel.Server
+	routes RouteStore
+	res    *resolver
+	log    zerolog.Logger
+
+	bufs     *bufferPool
+	errorLog *log.Logger
+	rp       *httputil.ReverseProxy
+	tr       *http.Transport
+	hopRP    *httputil.ReverseProxy
+	hopTr    *http.Transport
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	servers []*http.Server
+}
+
+// New checks cfg and returns a node that is not yet listening.
+func New(cfg Config) (*Proxy, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.verify(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Proxy{
+		cfg:    cfg,
+		node:   cfg.Node,
+		routes: cfg.Routes,
+		log:    cfg.Logger.With().Str("component", "proxy").Logger(),
+		bufs:   newBufferPool(),
+		ctx:    ctx,
+		cancel: cancel,
+	}
+	if p.node == "" {
+		p.node = localNode
+	}
+	p.errorLog = log.New(zerologWriter{p.log}, "", 0)
+	cacheTTL := cfg.RouteCacheTTL
+	if cacheTTL < 0 {
+		cacheTTL = 0
+	}
+	p.res = newResolver(cfg.Routes, cacheTTL, 100_000)
+	tun, err := tunnel.NewServer(tunnel.ServerConfig{
+		TLS:           cfg.TunnelTLS,
+		Authenticator: cfg.Authenticator,
+		Control:       cfg.Control,
+		OnSessionUp:   p.sessionUp,
+		OnSessionDown: p.sessionDown,
+		Tunnel:        cfg.Tunnel,
+	})
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	p.tun = tun
+	p.rp, p.tr = p.newTunnelProxy()
+	p.hopRP, p.hopTr = p.newHopProxy()
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.refreshLoop()
+	}()
+	return p, nil
+}
+
+// Tunnel is the node's tunnel server: its sessions, by agent.
+func (p *Proxy) Tunnel() *tunnel.Server { return p.tun }
+
+// Routes is the node's route table.
+func (p *Proxy) Routes() RouteStore { return p.routes }
+
+// ServeTunnel accepts agents on ln, a plain TCP listener (TLS is run by
+// the tunnel, within its handshake timeout).
+func (p *Proxy) ServeTunnel(ctx context.Context, ln net.Listener) error {
+	return p.tun.Serve(ctx, ln)
+}
+
+// Serve serves public plain HTTP on ln: local use, where *.localhost
+// names resolve to the loopback, or behind a TLS-terminating balancer, or
+// port 80 beside ServeTLS (wrapped by Config.WrapPlainHTTP for ACME
+// challenges).
+func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
+	var h http.Handler = p
+	if p.cfg.WrapPlainHTTP != nil {
+		h = p.cfg.WrapPlainHTTP(h)
+	}
+	return p.serveHTTP(ctx, ln, h, nil)
+}
+
+// ServeTLS serves public HTTPS on ln with tc, whose GetCertificate (or
+// Certificates) the caller provides: package proxy/certs in production.
+func (p *Proxy) ServeTLS(ctx context.Context, ln net.Listener, tc *tls.Config) error {
+	if tc == nil {
+		return errors.New("proxy: ServeTLS needs a TLS config")
+	}
+	return p.serveHTTP(ctx, ln, p, tc)
+}
+
+// ServeHop serves the internal hop on ln: requests from other nodes,
+// signed with HopSecret. Bind it to an address only the nodes reach.
+func (p *Proxy) ServeHop(ctx context.Context, ln net.Listener) error {
+	if len(p.cfg.HopSecret) == 0 {
+		return errors.New("proxy: ServeHop needs a HopSecret")
+	}
+	return p.serveHTTP(ctx, ln, p.hopHandler(), nil)
+}
+
+func (p *Proxy) serveHTTP(ctx context.Context, ln net.Listener, h http.Handler, tc *tls.Config) error {
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: p.cfg.ReadHeaderTimeout,
+		IdleTimeout:       p.cfg.IdleTimeout,
+		MaxHeaderBytes:    p.cfg.MaxHeaderBytes,
+		ErrorLog:          p.errorLog,
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	if tc != nil {
+		tc = tc.Clone()
+		if len(tc.NextProtos) == 0 {
+			// HTTP/1.1 only: upgrades (WebSocket) and streaming pass through
+			// ReverseProxy as they are.
+			tc.NextProtos = []string{"http/1.1"}
+		}
+		srv.TLSConfig = tc
+		ln = tls.NewListener(ln, tc)
+	}
+	p.mu.Lock()
+	if p.ctx.Err() != nil {
+		p.mu.Unlock()
+		return http.ErrServerClosed
+	}
+	p.servers = append(p.servers, srv)
+	p.mu.Unlock()
+	stop := context.AfterFunc(ctx, func() { srv.Close() })
+	defer stop()
+	err := srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return http.ErrServerClosed
+	}
+	return fmt.Errorf("proxy serve on %s: %w", ln.Addr(), err)
+}
+
+// LiveRoute reports whether host has a route whose agent is connected:
+// the question certmagic's on-demand DecisionFunc asks before issuing.
+func (p *Proxy) LiveRoute(ctx context.Context, host string) (bool, error) {
+	h, ok := normalizeHost(host)
+	if !ok || !underDomain(h, p.cfg.PreviewDomain) {
+		return false, nil
+	}
+	r, err := p.res.resolve(ctx, h, false)
+	if errors.Is(err, ErrNoRoute) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return r.Node != "", nil
+}
+
+// HasRoute returns nil when name has a live route and an error wrapping
+// ErrNoRoute otherwise: certs.Config.HasRoute, the on-demand
+// DecisionFunc's question.
+func (p *Proxy) HasRoute(ctx context.Context, name string) error {
+	ok, err := p.LiveRoute(ctx, name)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%s: %w", name, ErrNoRoute)
+	}
+	return nil
+}
+
+// Shutdown drains the node: it stops accepting agents and sends them
+// GoAway (they reconnect, to another node if there is one), stops its
+// listeners and lets in-flight requests finish, then closes the tunnel
+// sessions, withdrawing their routes. ctx bounds the wait.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	tunDone := make(chan error, 1)
+	go func() { tunDone <- p.tun.Shutdown(ctx, "proxy shutting down") }()
+	p.mu.Lock()
+	servers := append([]*http.Server(nil), p.servers...)
+	p.mu.Unlock()
+	var errs []error
+	for _, s := range servers {
+		if err := s.Shutdown(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	p.tr.CloseIdleConnections()
+	if err := <-tunDone; err != nil {
+		errs = append(errs, err)
+	}
+	p.close()
+	return errors.Join(errs...)
+}
+
+// Close stops everything at once.
+func (p *Proxy) Close() {
+	p.mu.Lock()
+	servers := append([]*http.Server(nil), p.servers...)
+	p.mu.Unlock()
+	for _, s := range servers {
+		s.Close()
+	}
+	p.tun.Close()
+	p.close()
+}
+
+func (p *Proxy) close() {
+	p.mu.Lock()
+	p.cancel()
+	p.mu.Unlock()
+	p.tr.CloseIdleConnections()
+	p.hopTr.CloseIdleConnections()
+	p.wg.Wait()
+}
+
+// zerologWriter sends net/http's own log lines (TLS handshake errors, bad
+// requests) to the proxy's logger at debug level.
+type zerologWriter struct{ l zerolog.Logger }
+
+func (z zerologWriter) Write(b []byte) (int, error) {
+	z.l.Debug().Msg(string(b))
+	return len(b), nil
+}

@@ -1,0 +1,103 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/stagely-dev/stagely/tunnel"
+)
+
+// StaticRoutes is the Authenticator of the standalone proxy: a route file
+// maps hostnames to agent tokens, one "HOSTNAME TOKEN" pair per line
+// (blank lines and lines starting with # are ignored). Every hostname
+// listed with a token is granted to the agent that presents it; the
+// agent's identity is derived from the token's hash, so the file is the
+// whole configuration.
+//
+//	# hostname           token
+//	app.localhost        s3cret-token-1
+//	api.app.localhost    s3cret-token-1
+//	*.demo.localhost     s3cret-token-2
+type StaticRoutes struct {
+	byHash map[string]tunnel.Identity // sha256(token) → identity
+}
+
+// ParseStaticRoutes reads a route file; name is used in error messages.
+func ParseStaticRoutes(name string, r io.Reader) (*StaticRoutes, error) {
+	hosts := map[string][]string{} // token hash → hostnames
+	seen := map[string]int{}       // hostname → line
+	sc := bufio.NewScanner(r)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			return nil, fmt.Errorf("%s:%d: want \"HOSTNAME TOKEN\", got %d fields", name, n, len(f))
+		}
+		host, ok := normalizePattern(f[0])
+		if !ok {
+			return nil, fmt.Errorf("%s:%d: %q is not a hostname or *.parent pattern", name, n, f[0])
+		}
+		if prev, dup := seen[host]; dup {
+			return nil, fmt.Errorf("%s:%d: hostname %s already listed on line %d", name, n, host, prev)
+		}
+		seen[host] = n
+		if len(f[1]) < 16 {
+			return nil, fmt.Errorf("%s:%d: token for %s is shorter than 16 characters", name, n, host)
+		}
+		h := tokenHash(f[1])
+		hosts[h] = append(hosts[h], host)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	s := &StaticRoutes{byHash: map[string]tunnel.Identity{}}
+	for h, hs := range hosts {
+		sort.Strings(hs)
+		id := "static-" + h[:16]
+		s.byHash[h] = tunnel.Identity{Agent: id, Environment: id, Hostnames: hs}
+	}
+	return s, nil
+}
+
+func tokenHash(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
+// Authenticate returns the identity of the hostnames listed with token.
+// Tokens are compared by their SHA-256, so the lookup's timing says
+// nothing about the tokens in the file.
+func (s *StaticRoutes) Authenticate(_ context.Context, token string) (tunnel.Identity, error) {
+	id, ok := s.byHash[tokenHash(token)]
+	if !ok {
+		return tunnel.Identity{}, tunnel.ErrBadToken
+	}
+	return id, nil
+}
+
+// Len is the number of agents (distinct tokens) in the file.
+func (s *StaticRoutes) Len() int { return len(s.byHash) }
+
+// normalizePattern accepts a hostname or a "*.parent" pattern.
+func normalizePattern(p string) (string, bool) {
+	if parent, ok := strings.CutPrefix(p, "*."); ok {
+		h, ok := normalizeHost(parent)
+		if !ok || strings.Contains(p, ":") {
+			return "", false
+		}
+		return "*." + h, true
+	}
+	if strings.Contains(p, ":") {
+		return "", false
+	}
+	return normalizeHost(p)
+}
