@@ -1,0 +1,355 @@
+package fleet
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/uptrace/bun"
+
+	"github.com/stagely-dev/stagely/agent/protocol"
+	"github.com/stagely-dev/stagely/checks"
+	"github.com/stagely-dev/stagely/provisioner"
+	"github.com/stagely-dev/stagely/reconciler"
+)
+
+// Deployer is the reconciler's Deployer backed by machines and agents.
+type Deployer struct {
+	DB       *bun.DB
+	Bus      Bus
+	Provider provisioner.Provider
+	// ProviderName is recorded with each machine ("local", "aws", …).
+	ProviderName string
+	// Secret derives each machine's bootstrap token from its key, so a
+	// create retried after a crash sends the same user data (EC2 refuses a
+	// reused ClientToken with other parameters) without the token ever
+	// being stored.
+	Secret []byte
+	// Boot is what every machine's cloud-init carries besides its token.
+	Boot provisioner.CloudInit
+	// PreviewURL makes a preview's URL from the environment's hash and the
+	// preview's name; the first preview is the environment's main URL.
+	PreviewURL func(hash, name string, first bool) string
+	// Launch bounds waiting for a machine to run.
+	Launch provisioner.Wait
+	// AgentTimeout bounds waiting for the agent's first report.
+	AgentTimeout time.Duration
+	// Recheck is how often waits look again without a wake-up.
+	Recheck time.Duration
+}
+
+var _ reconciler.Deployer = (*Deployer)(nil)
+
+// Step names the Deployer reports itself, beside the agent's.
+const (
+	StepProvision = "Provision machine"
+	StepAgent     = "Wait for agent"
+)
+
+func (d *Deployer) bootstrapToken(key string) string {
+	m := hmac.New(sha256.New, d.Secret)
+	m.Write([]byte("stagely bootstrap token\x00" + key))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+type agentRow struct {
+	ID        int64
+	Key       string
+	MachineID string
+	State     string
+}
+
+// machine returns the environment's live machine, provisioning one if it
+// has none. The row (with its key) is written before the provider is
+// asked, so a crash in between is repaired by asking again with that key.
+func (d *Deployer) machine(ctx context.Context, t reconciler.Target, size, region, image string) (agentRow, error) {
+	var a agentRow
+	err := d.DB.DB.QueryRowContext(ctx, `
+SELECT id, key, machine_id, state FROM agents WHERE environment_id = $1 AND destroyed_at IS NULL ORDER BY id DESC LIMIT 1`,
+		t.EnvironmentID).Scan(&a.ID, &a.Key, &a.MachineID, &a.State)
+	if errors.Is(err, sql.ErrNoRows) {
+		var attempt int64
+		if err := d.DB.DB.QueryRowContext(ctx, `SELECT coalesce(max(attempt), 0) + 1 FROM agents WHERE environment_id = $1`,
+			t.EnvironmentID).Scan(&attempt); err != nil {
+			return a, fmt.Errorf("next machine attempt of environment %d: %w", t.EnvironmentID, err)
+		}
+		a.Key = provisioner.Key(t.EnvironmentID, attempt)
+		err = d.DB.DB.QueryRowContext(ctx, `
+INSERT INTO agents (environment_id, attempt, key, provider, bootstrap_hash) VALUES ($1, $2, $3, $4, $5)
+RETURNING id, machine_id, state`, t.EnvironmentID, attempt, a.Key, d.ProviderName, hashToken(d.bootstrapToken(a.Key))).
+			Scan(&a.ID, &a.MachineID, &a.State)
+	}
+	if err != nil {
+		return a, fmt.Errorf("machine of environment %d: %w", t.EnvironmentID, err)
+	}
+	if a.State == "running" && a.MachineID != "" {
+		st, err := d.Provider.State(ctx, a.MachineID)
+		if err == nil && !st.Gone() {
+			return a, nil
+		}
+		// The machine died under us: retire it and start a new attempt.
+		if _, err := d.DB.DB.ExecContext(ctx, `UPDATE agents SET state = 'destroyed', destroyed_at = now() WHERE id = $1`, a.ID); err != nil {
+			return a, err
+		}
+		return d.machine(ctx, t, size, region, image)
+	}
+	boot := d.Boot
+	boot.EnvironmentID, boot.BootstrapToken = t.EnvironmentID, d.bootstrapToken(a.Key)
+	ud, err := provisioner.RenderCloudInit(boot)
+	if err != nil {
+		return a, fmt.Errorf("cloud-init for environment %d: %w", t.EnvironmentID, err)
+	}
+	m, err := provisioner.Launch(ctx, d.Provider, provisioner.Spec{
+		EnvironmentID: t.EnvironmentID, Key: a.Key, Size: size, Region: region, Image: image, UserData: ud,
+		Tags: map[string]string{"repo": t.Owner + "-" + t.Repo, "pr": strconv.Itoa(t.PR)},
+	}, d.Launch)
+	if err != nil {
+		return a, err
+	}
+	a.MachineID, a.State = m.ID, "running"
+	if _, err := d.DB.DB.ExecContext(ctx, `UPDATE agents SET machine_id = $2, state = 'running', updated_at = now() WHERE id = $1`, a.ID, m.ID); err != nil {
+		return a, fmt.Errorf("record machine %s: %w", m.ID, err)
+	}
+	return a, nil
+}
+
+// Deploy provisions the environment's machine if needed, hands its agent
+// the deployment and follows the agent's reports until the deploy succeeds
+// or fails.
+func (d *Deployer) Deploy(ctx context.Context, req reconciler.DeployRequest, progress func([]checks.Step)) (reconciler.DeployResult, error) {
+	cfg := req.Config
+	start := time.Now()
+	prov := checks.Step{Name: StepProvision, State: checks.StepRunning, StartedAt: start}
+	progress([]checks.Step{prov})
+	if _, err := d.machine(ctx, req.Target, cfg.Provider.Size, cfg.Provider.Region, cfg.Provider.Image); err != nil {
+		return reconciler.DeployResult{}, &reconciler.DeployError{
+			Step: StepProvision, Reason: err.Error(), Hint: provisioner.Hint(err), Retryable: provisioner.Retryable(err),
+		}
+	}
+	prov.State, prov.FinishedAt = checks.StepSucceeded, time.Now()
+
+	spec := protocol.Deployment{
+		EnvironmentID: strconv.FormatInt(req.EnvironmentID, 10),
+		Generation:    req.Generation,
+		Action:        protocol.ActionDeploy,
+		SHA:           req.SHA,
+		ComposeFiles:  cfg.Compose,
+		Env:           cfg.Env,
+		Health: protocol.Health{Path: cfg.Health.Path, Timeout: protocol.Duration(cfg.Health.Timeout),
+			Interval: protocol.Duration(cfg.Health.Interval), ExpectStatus: cfg.Health.ExpectStatus},
+		BuildTimeout: protocol.Duration(cfg.Build.Timeout),
+	}
+	var previews []checks.Preview
+	for i, p := range cfg.Previews {
+		spec.Previews = append(spec.Previews, protocol.Preview{Name: p.Name, Service: p.Service, Port: p.Port})
+		previews = append(previews, checks.Preview{Name: p.Name, URL: d.PreviewURL(req.Hash, p.Name, i == 0) + trimSlash(p.Path)})
+	}
+	if err := d.hand(ctx, req.EnvironmentID, req.Generation, req.SHA, spec); err != nil {
+		return reconciler.DeployResult{}, err
+	}
+	limit := d.AgentTimeout + cfg.Build.Timeout + cfg.Health.Timeout
+	steps, failed, err := d.follow(ctx, req.EnvironmentID, req.Generation, limit, func(agent []checks.Step) {
+		progress(append([]checks.Step{prov}, agent...))
+	}, "health")
+	if err != nil {
+		return reconciler.DeployResult{}, err
+	}
+	if failed != nil {
+		return reconciler.DeployResult{}, &reconciler.DeployError{
+			Step: failed.Name, Reason: failed.Message, Hint: "see the log below; push a fix or comment `/stagely redeploy`",
+			LogTail: d.logTail(ctx, req.EnvironmentID, req.Generation),
+		}
+	}
+	_ = steps
+	return reconciler.DeployResult{Previews: previews, LogTail: d.logTail(ctx, req.EnvironmentID, req.Generation)}, nil
+}
+
+func trimSlash(p string) string {
+	if p == "/" {
+		return ""
+	}
+	return p
+}
+
+// hand records the deployment for the agent to pick up and wakes its poll.
+func (d *Deployer) hand(ctx context.Context, env, gen int64, sha string, spec protocol.Deployment) error {
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return err
+	}
+	if _, err := d.DB.DB.ExecContext(ctx, `
+INSERT INTO deployments (environment_id, generation, sha, status, agent_spec) VALUES ($1, $2, $3, 'in_progress', $4)
+ON CONFLICT (environment_id, generation) DO UPDATE SET agent_spec = excluded.agent_spec`, env, gen, sha, b); err != nil {
+		return fmt.Errorf("hand generation %d to the agent of environment %d: %w", gen, env, err)
+	}
+	if d.Bus != nil {
+		_ = d.Bus.Publish(ctx, agentChannel(env), strconv.FormatInt(gen, 10))
+	}
+	return nil
+}
+
+type stepRow struct {
+	Name, State, Message string
+	Started              time.Time
+	Finished             sql.NullTime
+}
+
+// follow reports the agent's steps for (env, gen) through fn until the
+// step named last succeeds, any step fails, or limit passes without one.
+func (d *Deployer) follow(ctx context.Context, env, gen int64, limit time.Duration, fn func([]checks.Step), last string) ([]checks.Step, *stepRow, error) {
+	wake := make(chan struct{}, 1)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if d.Bus != nil {
+		_ = d.Bus.Subscribe(sctx, stepChannel(env), func(string) {
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		})
+	}
+	every := d.Recheck
+	if every <= 0 {
+		every = 500 * time.Millisecond
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	deadline := time.NewTimer(limit)
+	defer deadline.Stop()
+	seen := -1
+	for {
+		rows, err := d.DB.DB.QueryContext(ctx, `
+SELECT name, state, message, started_at, finished_at FROM deployment_steps
+ WHERE environment_id = $1 AND generation = $2 ORDER BY id`, env, gen)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read steps of environment %d: %w", env, err)
+		}
+		var all []stepRow
+		for rows.Next() {
+			var r stepRow
+			if err := rows.Scan(&r.Name, &r.State, &r.Message, &r.Started, &r.Finished); err != nil {
+				rows.Close()
+				return nil, nil, err
+			}
+			all = append(all, r)
+		}
+		rows.Close()
+		steps, failed, done := merge(all, last)
+		if len(all) != seen {
+			seen = len(all)
+			fn(steps)
+		}
+		if failed != nil || done {
+			return steps, failed, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-deadline.C:
+			step := StepAgent
+			if len(steps) > 0 {
+				step = steps[len(steps)-1].Name
+			}
+			return steps, &stepRow{Name: step, Message: fmt.Sprintf("no report from the agent within %s", limit)}, nil
+		case <-wake:
+		case <-t.C:
+		}
+	}
+}
+
+// merge folds step reports (a step is reported when it starts and when it
+// ends) into one entry per step, in order of first report.
+func merge(rows []stepRow, last string) ([]checks.Step, *stepRow, bool) {
+	var out []checks.Step
+	index := map[string]int{}
+	var failed *stepRow
+	done := false
+	for i := range rows {
+		r := rows[i]
+		st := checks.Step{Name: r.Name, State: checks.StepState(r.State), StartedAt: r.Started}
+		if r.Finished.Valid {
+			st.FinishedAt = r.Finished.Time
+		}
+		if j, ok := index[r.Name]; ok {
+			out[j] = st
+		} else {
+			index[r.Name] = len(out)
+			out = append(out, st)
+		}
+		if r.State == string(protocol.StepFailed) && failed == nil {
+			failed = &rows[i]
+		}
+		if r.Name == last && r.State == string(protocol.StepSucceeded) {
+			done = true
+		}
+	}
+	return out, failed, done
+}
+
+func (d *Deployer) logTail(ctx context.Context, env, gen int64) string {
+	var tail string
+	_ = d.DB.DB.QueryRowContext(ctx, `SELECT log_tail FROM deployments WHERE environment_id = $1 AND generation = $2`, env, gen).Scan(&tail)
+	return tail
+}
+
+// Destroy asks the agent to remove the environment's containers, volumes
+// and images, then destroys its machine. An agent that does not answer in
+// time does not keep the machine alive: the machine goes regardless.
+func (d *Deployer) Destroy(ctx context.Context, t reconciler.Target) error {
+	var machines []agentRow
+	rows, err := d.DB.DB.QueryContext(ctx, `SELECT id, key, machine_id, state FROM agents WHERE environment_id = $1 AND destroyed_at IS NULL`, t.EnvironmentID)
+	if err != nil {
+		return fmt.Errorf("machines of environment %d: %w", t.EnvironmentID, err)
+	}
+	for rows.Next() {
+		var a agentRow
+		if err := rows.Scan(&a.ID, &a.Key, &a.MachineID, &a.State); err != nil {
+			rows.Close()
+			return err
+		}
+		machines = append(machines, a)
+	}
+	rows.Close()
+	if len(machines) == 0 {
+		return nil
+	}
+	var gen int64
+	if err := d.DB.DB.QueryRowContext(ctx, `SELECT desired_generation FROM environments WHERE id = $1`, t.EnvironmentID).Scan(&gen); err != nil {
+		return fmt.Errorf("environment %d: %w", t.EnvironmentID, err)
+	}
+	spec := protocol.Deployment{EnvironmentID: strconv.FormatInt(t.EnvironmentID, 10), Generation: gen, Action: protocol.ActionDestroy}
+	if err := d.hand(ctx, t.EnvironmentID, gen, "", spec); err != nil {
+		return err
+	}
+	if _, _, err := d.follow(ctx, t.EnvironmentID, gen, d.AgentTimeout, func([]checks.Step) {}, "down"); err != nil {
+		return err
+	}
+	for _, a := range machines {
+		if a.MachineID == "" {
+			// Recorded before a crash, maybe created: find it by its key.
+			if ms, err := d.Provider.List(ctx); err == nil {
+				for _, m := range ms {
+					if m.Key == a.Key {
+						a.MachineID = m.ID
+					}
+				}
+			}
+		}
+		if a.MachineID != "" {
+			if err := d.Provider.Destroy(ctx, a.MachineID); err != nil {
+				return fmt.Errorf("destroy machine %s of environment %d: %w", a.MachineID, t.EnvironmentID, err)
+			}
+		}
+		if _, err := d.DB.DB.ExecContext(ctx, `UPDATE agents SET state = 'destroyed', destroyed_at = now(), updated_at = now() WHERE id = $1`, a.ID); err != nil {
+			return err
+		}
+	}
+	return nil
+}

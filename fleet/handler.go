@@ -1,0 +1,217 @@
+package fleet
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/uptrace/bun"
+
+	"github.com/stagely-dev/stagely/agent/protocol"
+)
+
+// Tarballs fetches a repository's source at a commit; the server backs it
+// with the GitHub API, so the agent never holds a GitHub token.
+type Tarballs interface {
+	Tarball(ctx context.Context, installationID int64, owner, repo, sha string) (io.ReadCloser, error)
+}
+
+// Bus is how the handler and the Deployer wake each other: a new
+// deployment for an agent, a new step report for a waiting deployer.
+type Bus interface {
+	Publish(ctx context.Context, channel, msg string) error
+	Subscribe(ctx context.Context, channel string, fn func(msg string)) error
+}
+
+// Handler answers agents' control calls from Postgres.
+type Handler struct {
+	DB       *bun.DB
+	Bus      Bus
+	Tarballs Tarballs
+	// Recheck is how often a long poll looks again without a wake-up.
+	Recheck time.Duration
+}
+
+var _ protocol.Handler = (*Handler)(nil)
+
+func agentChannel(env int64) string { return "stagely:agent:" + strconv.FormatInt(env, 10) }
+func stepChannel(env int64) string  { return "stagely:steps:" + strconv.FormatInt(env, 10) }
+
+// hashToken is how tokens are kept: only their SHA-256, so a leaked
+// database holds no usable token.
+func hashToken(t string) string {
+	s := sha256.Sum256([]byte(t))
+	return hex.EncodeToString(s[:])
+}
+
+func (h *Handler) Exchange(ctx context.Context, req protocol.ExchangeRequest) (protocol.ExchangeResponse, error) {
+	if req.BootstrapToken == "" || len(req.AgentToken) < 32 {
+		return protocol.ExchangeResponse{}, fmt.Errorf("exchange: tokens missing or too short: %w", protocol.ErrBadRequest)
+	}
+	var id, env int64
+	err := h.DB.DB.QueryRowContext(ctx, `
+UPDATE agents SET token_hash = $2, hostname = $3, version = $4, last_seen_at = now(), updated_at = now()
+ WHERE bootstrap_hash = $1 AND destroyed_at IS NULL AND (token_hash IS NULL OR token_hash = $2)
+RETURNING id, environment_id`, hashToken(req.BootstrapToken), hashToken(req.AgentToken), req.Agent.Hostname, req.Agent.Version).Scan(&id, &env)
+	if errors.Is(err, sql.ErrNoRows) {
+		var used bool
+		if err := h.DB.DB.QueryRowContext(ctx, `SELECT true FROM agents WHERE bootstrap_hash = $1 AND destroyed_at IS NULL`,
+			hashToken(req.BootstrapToken)).Scan(&used); err == nil && used {
+			return protocol.ExchangeResponse{}, protocol.ErrTokenUsed
+		}
+		return protocol.ExchangeResponse{}, protocol.ErrUnauthorized
+	}
+	if err != nil {
+		return protocol.ExchangeResponse{}, fmt.Errorf("exchange bootstrap token: %w", err)
+	}
+	return protocol.ExchangeResponse{AgentID: strconv.FormatInt(id, 10), EnvironmentID: strconv.FormatInt(env, 10)}, nil
+}
+
+func (h *Handler) Authenticate(ctx context.Context, token string) (protocol.Identity, error) {
+	var id, env int64
+	err := h.DB.DB.QueryRowContext(ctx, `
+UPDATE agents SET last_seen_at = now() WHERE token_hash = $1 AND destroyed_at IS NULL RETURNING id, environment_id`,
+		hashToken(token)).Scan(&id, &env)
+	if errors.Is(err, sql.ErrNoRows) {
+		return protocol.Identity{}, protocol.ErrUnauthorized
+	}
+	if err != nil {
+		return protocol.Identity{}, fmt.Errorf("authenticate agent: %w", err)
+	}
+	return protocol.Identity{AgentID: strconv.FormatInt(id, 10), EnvironmentID: strconv.FormatInt(env, 10)}, nil
+}
+
+func envOf(id protocol.Identity) (int64, error) {
+	env, err := strconv.ParseInt(id.EnvironmentID, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("agent %s: environment %q: %w", id.AgentID, id.EnvironmentID, protocol.ErrBadRequest)
+	}
+	return env, nil
+}
+
+// Poll answers with the newest deployment handed to the agent's
+// environment past after, waiting for one until ctx ends.
+func (h *Handler) Poll(ctx context.Context, id protocol.Identity, after int64) (*protocol.Deployment, error) {
+	env, err := envOf(id)
+	if err != nil {
+		return nil, err
+	}
+	wake := make(chan struct{}, 1)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if h.Bus != nil {
+		_ = h.Bus.Subscribe(sctx, agentChannel(env), func(string) {
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		})
+	}
+	every := h.Recheck
+	if every <= 0 {
+		every = time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		var spec []byte
+		err := h.DB.DB.QueryRowContext(ctx, `
+SELECT agent_spec FROM deployments
+ WHERE environment_id = $1 AND agent_spec IS NOT NULL AND generation > $2
+ ORDER BY generation DESC LIMIT 1`, env, after).Scan(&spec)
+		switch {
+		case err == nil:
+			var d protocol.Deployment
+			if err := json.Unmarshal(spec, &d); err != nil {
+				return nil, fmt.Errorf("deployment of environment %d: %w", env, err)
+			}
+			return &d, nil
+		case !errors.Is(err, sql.ErrNoRows):
+			if ctx.Err() != nil {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("poll for environment %d: %w", env, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil
+		case <-wake:
+		case <-t.C:
+		}
+	}
+}
+
+func (h *Handler) Source(ctx context.Context, id protocol.Identity, req protocol.SourceRequest) (protocol.SourceInfo, io.ReadCloser, error) {
+	env, err := envOf(id)
+	if err != nil {
+		return protocol.SourceInfo{}, nil, err
+	}
+	var inst int64
+	var owner, repo, sha string
+	err = h.DB.DB.QueryRowContext(ctx, `
+SELECT e.installation_id, e.owner, e.repo, d.sha FROM deployments d JOIN environments e ON e.id = d.environment_id
+ WHERE d.environment_id = $1 AND d.generation = $2 AND d.sha <> ''`, env, req.Generation).Scan(&inst, &owner, &repo, &sha)
+	if errors.Is(err, sql.ErrNoRows) {
+		return protocol.SourceInfo{}, nil, protocol.ErrNotFound
+	}
+	if err != nil {
+		return protocol.SourceInfo{}, nil, fmt.Errorf("source of environment %d generation %d: %w", env, req.Generation, err)
+	}
+	body, err := h.Tarballs.Tarball(ctx, inst, owner, repo, sha)
+	if err != nil {
+		return protocol.SourceInfo{}, nil, fmt.Errorf("tarball of %s/%s@%s: %w", owner, repo, sha, err)
+	}
+	return protocol.SourceInfo{StripTopLevel: true, Gzip: true}, body, nil
+}
+
+func (h *Handler) Step(ctx context.Context, id protocol.Identity, r protocol.StepReport) error {
+	env, err := envOf(id)
+	if err != nil {
+		return err
+	}
+	var finished *time.Time
+	if !r.Finished.IsZero() {
+		finished = &r.Finished
+	}
+	if _, err := h.DB.DB.ExecContext(ctx, `
+INSERT INTO deployment_steps (environment_id, generation, name, state, message, started_at, finished_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)`, env, r.Generation, r.Name, string(r.State), r.Message, r.Started, finished); err != nil {
+		return fmt.Errorf("record step %s of environment %d: %w", r.Name, env, err)
+	}
+	if h.Bus != nil {
+		_ = h.Bus.Publish(ctx, stepChannel(env), r.Name)
+	}
+	return nil
+}
+
+// maxLogTail is how much of a deployment's log is kept for the Check Run.
+const maxLogTail = 32 << 10
+
+func (h *Handler) Logs(ctx context.Context, id protocol.Identity, req protocol.LogsRequest, lines []protocol.LogLine) error {
+	env, err := envOf(id)
+	if err != nil {
+		return err
+	}
+	var b strings.Builder
+	for _, l := range lines {
+		if l.Service != "" {
+			b.WriteString(l.Service + " | ")
+		}
+		b.WriteString(l.Text)
+		b.WriteByte('\n')
+	}
+	if _, err := h.DB.DB.ExecContext(ctx, `
+UPDATE deployments SET log_tail = right(log_tail || $3, $4) WHERE environment_id = $1 AND generation = $2`,
+		env, req.Generation, b.String(), maxLogTail); err != nil {
+		return fmt.Errorf("record logs of environment %d: %w", env, err)
+	}
+	return nil
+}
