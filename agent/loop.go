@@ -25,6 +25,9 @@ type Agent struct {
 	LogLines int
 	// Logf receives the agent's own diagnostics; nil drops them.
 	Logf func(format string, args ...any)
+	// OnDeployment, if set, is told each deployment as it arrives, before
+	// it is applied: the tunnel uses it to map hostnames to services.
+	OnDeployment func(*protocol.Deployment)
 }
 
 // Run serves deployments until ctx ends (it then returns nil) or the
@@ -60,6 +63,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			continue
 		}
 		after = d.Generation
+		if a.OnDeployment != nil {
+			a.OnDeployment(d)
+		}
 		a.apply(ctx, d, &follow)
 	}
 	return nil

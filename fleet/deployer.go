@@ -34,9 +34,11 @@ type Deployer struct {
 	Secret []byte
 	// Boot is what every machine's cloud-init carries besides its token.
 	Boot provisioner.CloudInit
-	// PreviewURL makes a preview's URL from the environment's hash and the
-	// preview's name; the first preview is the environment's main URL.
-	PreviewURL func(hash, name string, first bool) string
+	// PreviewHost names a preview's hostname from the environment's hash
+	// and the preview's name; the first preview is the environment's main
+	// one. PreviewURL makes the URL people open from that hostname.
+	PreviewHost func(hash, name string, first bool) string
+	PreviewURL  func(host string) string
 	// Launch bounds waiting for a machine to run.
 	Launch provisioner.Wait
 	// AgentTimeout bounds waiting for the agent's first report.
@@ -148,8 +150,9 @@ func (d *Deployer) Deploy(ctx context.Context, req reconciler.DeployRequest, pro
 	}
 	var previews []checks.Preview
 	for i, p := range cfg.Previews {
-		spec.Previews = append(spec.Previews, protocol.Preview{Name: p.Name, Service: p.Service, Port: p.Port})
-		previews = append(previews, checks.Preview{Name: p.Name, URL: d.PreviewURL(req.Hash, p.Name, i == 0) + trimSlash(p.Path)})
+		host := d.PreviewHost(req.Hash, p.Name, i == 0)
+		spec.Previews = append(spec.Previews, protocol.Preview{Name: p.Name, Service: p.Service, Port: p.Port, Host: host})
+		previews = append(previews, checks.Preview{Name: p.Name, URL: d.PreviewURL(host) + trimSlash(p.Path)})
 	}
 	if err := d.hand(ctx, req.EnvironmentID, req.Generation, req.SHA, spec); err != nil {
 		return reconciler.DeployResult{}, err

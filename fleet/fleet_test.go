@@ -142,7 +142,8 @@ func TestDeployHandsTheAgentItsDeploymentAndFollowsItsReports(t *testing.T) {
 	d := &fleet.Deployer{
 		DB: db, Bus: bus, Provider: prov, ProviderName: "test", Secret: []byte("0123456789abcdef0123456789abcdef"),
 		Boot:         provisioner.CloudInit{ServerURL: "https://stagely.example", ProxyAddr: "proxy.example:7443", AgentURL: "https://stagely.example/agent", AgentSHA256: strings.Repeat("0", 64)},
-		PreviewURL:   func(hash, name string, first bool) string { return "https://" + hash + ".preview.example" },
+		PreviewHost:  func(hash, name string, first bool) string { return hash + ".preview.example" },
+		PreviewURL:   func(host string) string { return "https://" + host },
 		Launch:       provisioner.Wait{Timeout: 5 * time.Second, Interval: 10 * time.Millisecond},
 		AgentTimeout: 5 * time.Second, Recheck: 50 * time.Millisecond,
 	}

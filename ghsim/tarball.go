@@ -86,7 +86,7 @@ func buildTarball(top string, cm *commit) ([]byte, error) {
 			hdr.Typeflag, hdr.Mode = tar.TypeDir, 0o775
 		} else {
 			content := cm.tree[strings.TrimPrefix(e, top+"/")]
-			hdr.Typeflag, hdr.Mode, hdr.Size = tar.TypeReg, 0o664, int64(len(content))
+			hdr.Typeflag, hdr.Mode, hdr.Size = tar.TypeReg, fileMode(content), int64(len(content))
 			if err := tw.WriteHeader(hdr); err != nil {
 				return nil, fmt.Errorf("tarball: %w", err)
 			}
@@ -106,4 +106,14 @@ func buildTarball(top string, cm *commit) ([]byte, error) {
 		return nil, fmt.Errorf("tarball: %w", err)
 	}
 	return buf.Bytes(), nil
+}
+
+// fileMode stands in for git's executable bit, which the simulated trees
+// do not record: programs (ELF binaries and scripts) are executable, as
+// they would be in a real repository.
+func fileMode(content string) int64 {
+	if strings.HasPrefix(content, "\x7fELF") || strings.HasPrefix(content, "#!") {
+		return 0o775
+	}
+	return 0o664
 }

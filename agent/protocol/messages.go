@@ -134,6 +134,9 @@ type Preview struct {
 	Name    string `json:"name"`
 	Service string `json:"service"`
 	Port    int    `json:"port"`
+	// Host is the hostname the proxy routes to this preview through the
+	// agent's tunnel.
+	Host string `json:"host,omitempty"`
 }
 
 // Health is the check that decides when a deploy is up. It targets the

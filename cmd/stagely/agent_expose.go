@@ -52,6 +52,10 @@ type agentExposeConfig struct {
 	serverName string
 	logLevel   string
 	logFormat  string
+
+	// Managed mode, on a preview machine (set by cloud-init).
+	bootstrapFile string
+	stateDir      string
 }
 
 // agentExposeCommand is `stagely agent --expose HOST=ADDR`: an agent that
@@ -67,6 +71,14 @@ func agentExposeCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.StringVar(&cfg.serverName, "server-name", "", "name to verify in the proxy's certificate; default: the host of --proxy")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "console", "json or console")
+	fs.StringVar(&cfg.bootstrapFile, "bootstrap-token-file", "", "managed mode, on a preview machine: the one-time bootstrap token written by cloud-init")
+	fs.StringVar(&cfg.stateDir, "state-dir", "", "managed mode: where the agent keeps its token and the environment's files")
+	fs.String("environment-id", "", "managed mode: the environment this machine serves (informational; the token decides)")
+	fs.String("server-url", "", "managed mode: the Stagely server (informational; control goes through the proxy)")
+	fs.String("agent-url", "", "managed mode: where cloud-init fetched this binary (informational)")
+	fs.String("agent-sha256", "", "managed mode: the binary's checksum (informational)")
+	fs.StringVar(&cfg.proxyAddr, "proxy-addr", "", "alias of --proxy, as cloud-init sets it")
+	fs.StringVar(&cfg.caFile, "ca-file", "", "alias of --ca")
 	c := &ffcli.Command{
 		Name:       "agent",
 		ShortUsage: "stagely agent --expose HOST=ADDR --proxy ADDR --token T [--ca FILE]",
@@ -76,6 +88,13 @@ func agentExposeCommand(stdout, stderr io.Writer) *ffcli.Command {
 		FlagSet: fs,
 		Options: ffOptions(),
 		Exec: func(ctx context.Context, _ []string) error {
+			if cfg.bootstrapFile != "" || cfg.stateDir != "" {
+				log, err := newLogger(stderr, cfg.logLevel, cfg.logFormat)
+				if err != nil {
+					return err
+				}
+				return runManagedAgent(ctx, cfg, log)
+			}
 			return runAgentExpose(ctx, cfg, stdout, stderr)
 		},
 	}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
+	"syscall"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +20,17 @@ import (
 // server` configured, like production, from STAGELY_* variables, with the
 // test deployer (blocked when STAGELY_E2E_BLOCK=1).
 func TestMain(m *testing.M) {
+	// The local provider starts machines as `<this binary> agent`: the
+	// test binary then plays the stagely command.
+	if len(os.Args) > 1 && os.Args[1] == "agent" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, "agent:", err)
+			os.Exit(2)
+		}
+		os.Exit(0)
+	}
 	if os.Getenv("STAGELY_E2E_CHILD") == "1" {
 		d := reconcilertest.New()
 		if os.Getenv("STAGELY_E2E_BLOCK") == "1" {

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -103,10 +104,21 @@ func (w *world) config(workers int) serverConfig {
 // it; the returned func stops it.
 func (w *world) serve(d reconciler.Deployer, workers int) func() {
 	w.t.Helper()
+	return w.start(w.config(workers), d)
+}
+
+// serveConfig starts a server with cfg and its own deployer (cfg.fleet).
+func (w *world) serveConfig(cfg serverConfig) func() {
+	w.t.Helper()
+	return w.start(cfg, unavailableDeployer{})
+}
+
+func (w *world) start(cfg serverConfig, d reconciler.Deployer) func() {
+	w.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	addrc, errc := make(chan string, 1), make(chan error, 1)
 	go func() {
-		errc <- runServer(ctx, w.config(workers), w.logs, serverDeps{deployer: d, listening: func(a string) { addrc <- a }})
+		errc <- runServer(ctx, cfg, w.logs, serverDeps{deployer: d, listening: func(a string) { addrc <- a }})
 	}()
 	select {
 	case a := <-addrc:
@@ -336,7 +348,7 @@ func TestPullRequestLifecycle(t *testing.T) {
 	}
 	eventually(t, 5*time.Second, func() (bool, string) {
 		s := w.sticky(pr.Number)
-		return len(s) == 1 && s[0].ID == commentID && strings.Contains(s[0].Body, "destroyed"), "sticky comment does not say destroyed"
+		return len(s) == 1 && s[0].ID == commentID && strings.Contains(s[0].Body, "Stagely preview: destroyed"), "sticky comment does not say destroyed"
 	})
 	w.completed(push.SHA, "neutral", 2*time.Second)
 	if n := len(d.Destroys()); n != 1 {
@@ -410,7 +422,7 @@ func TestSlashCommandsAndButtons(t *testing.T) {
 	}
 	eventually(t, 5*time.Second, func() (bool, string) {
 		s := w.sticky(pr.Number)
-		return len(d.Destroys()) == 1 && len(s) == 1 && strings.Contains(s[0].Body, "destroyed"), "not destroyed"
+		return len(d.Destroys()) == 1 && len(s) == 1 && strings.Contains(s[0].Body, "Stagely preview: destroyed"), "not destroyed"
 	})
 }
 
@@ -567,3 +579,5 @@ func valkeyURL() string {
 	}
 	return "redis://127.0.0.1:6379/0"
 }
+
+func idString(id int64) string { return strconv.FormatInt(id, 10) }

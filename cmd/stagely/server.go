@@ -42,6 +42,7 @@ type serverConfig struct {
 	defaultTTL    time.Duration
 	logLevel      string
 	logFormat     string
+	fleet         fleetConfig
 }
 
 func (c *serverConfig) register(fs *flag.FlagSet) {
@@ -60,6 +61,7 @@ func (c *serverConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.defaultTTL, "default-ttl", 72*time.Hour, "preview lifetime without a push when .stagely.yml sets none")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "json", "json or console")
+	c.fleet.register(fs)
 }
 
 // serverDeps are the parts a test may replace.
@@ -189,7 +191,7 @@ func runServer(ctx context.Context, cfg serverConfig, stderr io.Writer, deps ser
 		MaxHeaderBytes:    64 << 10,
 		BaseContext:       func(net.Listener) context.Context { return log.WithContext(context.Background()) },
 	}
-	errc := make(chan error, 2)
+	errc := make(chan error, 4)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info().Str("addr", ln.Addr().String()).Str("bot", bot).Int("workers", cfg.workers).Msg("stagely server listening")
 	if deps.listening != nil {
@@ -198,6 +200,11 @@ func runServer(ctx context.Context, cfg serverConfig, stderr io.Writer, deps ser
 
 	rctx, stopWorkers := context.WithCancel(ctx)
 	defer stopWorkers()
+	if d, err := startFleet(rctx, cfg.fleet, cfg.webhookSecret, db, shared, clients, log, errc); err != nil {
+		return err
+	} else if d != nil {
+		deps.deployer = d
+	}
 	workersDone := make(chan struct{})
 	if cfg.workers > 0 {
 		rec, err := reconciler.New(reconciler.Config{

@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/stagely-dev/stagely/agent"
+	"github.com/stagely-dev/stagely/agent/bootstrap"
+	"github.com/stagely-dev/stagely/agent/containers"
+	"github.com/stagely-dev/stagely/agent/protocol"
+	"github.com/stagely-dev/stagely/tunnel"
+)
+
+// controlChannel is the tunnel control channel that carries the agent
+// protocol to the server.
+const controlChannel = "agent"
+
+// runManagedAgent is the agent on a preview machine: it trades its
+// bootstrap token for an agent token over a control stream, holds its
+// tunnel with that token, deploys what the server hands it and serves the
+// preview streams from the compose services' network addresses.
+func runManagedAgent(ctx context.Context, cfg agentExposeConfig, log zerolog.Logger) error {
+	if err := missing(map[string]bool{"proxy": cfg.proxyAddr == "", "state-dir": cfg.stateDir == ""}); err != nil {
+		return err
+	}
+	tc := &tls.Config{ServerName: cfg.serverName}
+	if cfg.caFile != "" {
+		pem, err := os.ReadFile(cfg.caFile)
+		if err != nil {
+			return fmt.Errorf("--ca: %w", err)
+		}
+		if tc.RootCAs, err = tunnel.CAPool(pem); err != nil {
+			return fmt.Errorf("--ca %s: %w", cfg.caFile, err)
+		}
+	}
+	if err := os.MkdirAll(cfg.stateDir, 0o700); err != nil {
+		return fmt.Errorf("--state-dir: %w", err)
+	}
+	files := bootstrap.Files{BootstrapToken: cfg.bootstrapFile, AgentToken: filepath.Join(cfg.stateDir, "agent-token")}
+	host, _ := os.Hostname()
+	info := protocol.AgentInfo{Version: "stagely", Hostname: host}
+
+	dial := func(token string, h tunnel.StreamHandler) (*tunnel.Agent, error) {
+		tcfg := tunnel.DefaultConfig()
+		tcfg.Logger = log
+		return tunnel.NewAgent(tunnel.AgentConfig{Addr: cfg.proxyAddr, Token: token, TLS: tc, Handler: h, Tunnel: tcfg, Version: "stagely-agent"})
+	}
+	control := func(a *tunnel.Agent) protocol.DialFunc {
+		return func(ctx context.Context) (io.ReadWriteCloser, error) { return a.OpenControl(ctx, controlChannel) }
+	}
+
+	// Exchange over a tunnel opened with the bootstrap token, unless a
+	// token from an earlier run is on disk.
+	token, err := bootstrap.Token(ctx, files, exchangerFunc(func(ctx context.Context, req protocol.ExchangeRequest) (protocol.ExchangeResponse, error) {
+		boot, err := os.ReadFile(files.BootstrapToken)
+		if err != nil {
+			return protocol.ExchangeResponse{}, err
+		}
+		a, err := dial(strings.TrimSpace(string(boot)), tunnel.StreamHandlerFunc(func(_ context.Context, _ string, c net.Conn) { c.Close() }))
+		if err != nil {
+			return protocol.ExchangeResponse{}, err
+		}
+		actx, stop := context.WithCancel(ctx)
+		defer stop()
+		go a.Run(actx)
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		if _, err := a.WaitConnected(wctx); err != nil {
+			return protocol.ExchangeResponse{}, fmt.Errorf("connect to the proxy with the bootstrap token: %w", err)
+		}
+		return (&protocol.Client{Dial: control(a)}).Exchange(ctx, req)
+	}), info)
+	if err != nil {
+		return fmt.Errorf("agent token: %w", err)
+	}
+
+	docker, err := containers.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	engine, err := agent.New(ctx, agent.Config{WorkDir: filepath.Join(cfg.stateDir, "work"), Docker: docker})
+	if err != nil {
+		return err
+	}
+	routes := &previewRoutes{engine: engine}
+	a, err := dial(token, routes)
+	if err != nil {
+		return err
+	}
+	go func() {
+		if err := a.Run(ctx); err != nil && ctx.Err() == nil {
+			log.Error().Err(err).Msg("tunnel")
+		}
+	}()
+	client := &protocol.Client{Dial: control(a), Token: token}
+	ag := &agent.Agent{Engine: engine, Client: client, OnDeployment: routes.set,
+		Logf: func(f string, args ...any) { log.Info().Msgf(f, args...) }}
+	err = ag.Run(ctx)
+	if errors.Is(err, protocol.ErrUnauthorized) {
+		return fmt.Errorf("the server no longer knows this agent (destroyed?): %w", err)
+	}
+	return err
+}
+
+type exchangerFunc func(ctx context.Context, req protocol.ExchangeRequest) (protocol.ExchangeResponse, error)
+
+func (f exchangerFunc) Exchange(ctx context.Context, req protocol.ExchangeRequest) (protocol.ExchangeResponse, error) {
+	return f(ctx, req)
+}
+
+// previewRoutes serves the proxy's preview streams: the hostname names a
+// preview of the current deployment, whose compose service is dialled at
+// its address on the compose network (no port is published on the host).
+type previewRoutes struct {
+	engine *agent.Engine
+	mu     sync.Mutex
+	cur    *protocol.Deployment
+}
+
+func (p *previewRoutes) set(d *protocol.Deployment) {
+	p.mu.Lock()
+	p.cur = d
+	p.mu.Unlock()
+}
+
+func (p *previewRoutes) ServeStream(ctx context.Context, hostname string, conn net.Conn) {
+	p.mu.Lock()
+	d := p.cur
+	p.mu.Unlock()
+	if d == nil {
+		conn.Close()
+		return
+	}
+	for _, pv := range d.Previews {
+		if pv.Host != hostname {
+			continue
+		}
+		addr, err := p.engine.Address(ctx, d.EnvironmentID, pv.Service, pv.Port)
+		if err != nil {
+			conn.Close()
+			return
+		}
+		target, err := (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", addr)
+		if err != nil {
+			conn.Close()
+			return
+		}
+		tunnel.Pipe(conn, target)
+		return
+	}
+	conn.Close()
+}

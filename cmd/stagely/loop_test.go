@@ -1,0 +1,138 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/volume"
+	"github.com/docker/docker/client"
+
+	"github.com/stagely-dev/stagely/agent"
+	"github.com/stagely-dev/stagely/cmd/stagely/example"
+	"github.com/stagely-dev/stagely/ghsim"
+)
+
+// get fetches a preview URL through the proxy: *.localhost names resolve
+// to the loopback, so the test dials the URL's port there, as a browser on
+// this machine would.
+func get(t *testing.T, raw string) (int, string) {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, net.JoinHostPort("127.0.0.1", u.Port()))
+		},
+	}}
+	resp, err := c.Get(raw)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestWholeLoopOnTheLocalProvider drives one pull request through its
+// life on real parts: the simulator's webhooks, the server with its
+// in-process proxy, an agent started by the local provider, the Docker
+// engine building and running the example app.
+func TestWholeLoopOnTheLocalProvider(t *testing.T) {
+	ctx := context.Background()
+	bin, err := example.Build(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWorld(t, example.Files(bin, "hello from the first commit"))
+	cfg := w.config(2)
+	cfg.fleet = fleetConfig{provider: "local", dataDir: loopDataDir(t), previewDomain: "preview.localhost",
+		proxyAddr: "127.0.0.1:0", tunnelAddr: "127.0.0.1:0"}
+	stop := w.serveConfig(cfg)
+	defer stop()
+
+	pr := w.openPR("feature")
+	run := w.completed(pr.SHA, "success", 4*time.Minute)
+	if !strings.Contains(run.DetailsURL, ".preview.localhost:") {
+		t.Fatalf("details_url %q is not a preview URL", run.DetailsURL)
+	}
+	eventually(t, 10*time.Second, func() (bool, string) {
+		code, body := get(t, run.DetailsURL)
+		return code == 200 && strings.Contains(body, "hello from the first commit"), body
+	})
+	env := w.environment(pr.Number)
+	project := agent.ProjectName(idString(env.ID))
+
+	// No port of the app is published on the host.
+	dc, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	byProject := filters.NewArgs(filters.Arg("label", "com.docker.compose.project="+project))
+	cs, err := dc.ContainerList(ctx, container.ListOptions{All: true, Filters: byProject})
+	if err != nil || len(cs) != 2 {
+		t.Fatalf("containers of %s: %d, %v", project, len(cs), err)
+	}
+	for _, c := range cs {
+		for _, p := range c.Ports {
+			if p.PublicPort != 0 {
+				t.Errorf("container %s publishes port %d on the host", c.Names[0], p.PublicPort)
+			}
+		}
+	}
+
+	// A push redeploys the same URL with the new version.
+	push, err := w.sim.PushToPR(ctx, ghsim.PushSpec{Owner: owner, Repo: repoName, Number: pr.Number,
+		Files: map[string]string{"backend/message.txt": "hello from the second commit\n"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run2 := w.completed(push.SHA, "success", 4*time.Minute)
+	if run2.DetailsURL != run.DetailsURL {
+		t.Errorf("the preview moved from %s to %s", run.DetailsURL, run2.DetailsURL)
+	}
+	eventually(t, 10*time.Second, func() (bool, string) {
+		code, body := get(t, run.DetailsURL)
+		return code == 200 && strings.Contains(body, "second commit"), body
+	})
+
+	// Closing the pull request destroys everything.
+	if _, err := w.sim.ClosePR(ctx, owner, repoName, pr.Number, false, "octocat"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Minute, func() (bool, string) {
+		s := w.sticky(pr.Number)
+		return len(s) == 1 && strings.Contains(s[0].Body, "Stagely preview: destroyed"), "not destroyed yet"
+	})
+	eventually(t, 10*time.Second, func() (bool, string) {
+		code, _ := get(t, run.DetailsURL)
+		return code == http.StatusNotFound || code == http.StatusBadGateway, "preview still answers"
+	})
+	cs, _ = dc.ContainerList(ctx, container.ListOptions{All: true, Filters: byProject})
+	ns, _ := dc.NetworkList(ctx, network.ListOptions{Filters: byProject})
+	vs, _ := dc.VolumeList(ctx, volume.ListOptions{Filters: byProject})
+	if len(cs)+len(ns)+len(vs.Volumes) != 0 {
+		t.Errorf("left after destroy: %d containers, %d networks, %d volumes", len(cs), len(ns), len(vs.Volumes))
+	}
+}
+
+// loopDataDir is the server's data directory; STAGELY_TEST_KEEP_DATA keeps
+// it (with the machines' logs) for a look after a failure.
+func loopDataDir(t *testing.T) string {
+	if d := os.Getenv("STAGELY_TEST_KEEP_DATA"); d != "" {
+		return d
+	}
+	return t.TempDir()
+}
