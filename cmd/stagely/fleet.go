@@ -159,6 +159,7 @@ func startFleet(ctx context.Context, fc fleetConfig, webhookSecret string, db *b
 			}
 			return "http://" + host + ":" + port
 		},
+		Routes:       px.Routes(),
 		Launch:       provisioner.Wait{Timeout: 2 * time.Minute, Interval: 200 * time.Millisecond},
 		AgentTimeout: 2 * time.Minute,
 	}, nil

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -118,7 +119,7 @@ func TestWholeLoopOnTheLocalProvider(t *testing.T) {
 	})
 	eventually(t, 10*time.Second, func() (bool, string) {
 		code, _ := get(t, run.DetailsURL)
-		return code == http.StatusNotFound || code == http.StatusBadGateway, "preview still answers"
+		return code == http.StatusNotFound, fmt.Sprintf("preview answers %d, want 404", code)
 	})
 	cs, _ = dc.ContainerList(ctx, container.ListOptions{All: true, Filters: byProject})
 	ns, _ := dc.NetworkList(ctx, network.ListOptions{Filters: byProject})

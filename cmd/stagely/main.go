@@ -44,7 +44,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			ghsimCommand(stdout, stderr),
 			proxyCommand(stdout, stderr),
 			agentExposeCommand(stdout, stderr),
-			laterCommand("demo", "the whole loop on this machine"),
+			demoCommand(stdout, stderr),
 		},
 		Exec: func(ctx context.Context, args []string) error { return flag.ErrHelp },
 	}
@@ -53,17 +53,4 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		c.FlagSet.SetOutput(stderr)
 	}
 	return root.ParseAndRun(ctx, args)
-}
-
-// laterCommand names a command that this build does not have yet, so that
-// running it says so plainly instead of "unknown command".
-func laterCommand(name, help string) *ffcli.Command {
-	return &ffcli.Command{
-		Name:      name,
-		ShortHelp: help + " (not in this build yet)",
-		FlagSet:   flag.NewFlagSet(name, flag.ContinueOnError),
-		Exec: func(context.Context, []string) error {
-			return fmt.Errorf("%s: not in this build yet", name)
-		},
-	}
 }
