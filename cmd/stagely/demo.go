@@ -341,7 +341,7 @@ func (d *demo) waitReaction(ctx context.Context, owner, repo string, comment int
 				return nil
 			}
 			if r.Content == "confused" {
-				return errors.New("Stagely reacted 😕: the redeploy failed")
+				return errors.New("the redeploy failed: Stagely reacted 😕")
 			}
 		}
 		select {
@@ -411,4 +411,3 @@ func status(ctx context.Context, raw string) (int, error) {
 func indent(s string) string {
 	return "  " + strings.ReplaceAll(strings.TrimSpace(s), "\n", "\n  ")
 }
-
