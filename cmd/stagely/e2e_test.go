@@ -40,7 +40,7 @@ previews:
 // world is one simulated GitHub with one installed repository, a fresh
 // database, and Stagely servers started against them.
 type world struct {
-	t      *testing.T
+	t      testing.TB
 	sim    *ghsim.Sim
 	simURL string
 	key    string
@@ -50,7 +50,7 @@ type world struct {
 	valkey string // empty: single-node mode
 }
 
-func newWorld(t *testing.T, files map[string]string) *world {
+func newWorld(t testing.TB, files map[string]string) *world {
 	t.Helper()
 	sim, err := ghsim.New(ghsim.Config{AppID: testAppID, AppSlug: "stagely", WebhookSecret: testSecret, CheckResponses: true})
 	if err != nil {
@@ -236,7 +236,7 @@ func (w *world) reactions(commentID int64) []string {
 
 // eventually polls cond until it holds or within passes; it reports what
 // cond last said.
-func eventually(t *testing.T, within time.Duration, cond func() (bool, string)) {
+func eventually(t testing.TB, within time.Duration, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {

@@ -26,7 +26,7 @@ import (
 // get fetches a preview URL through the proxy: *.localhost names resolve
 // to the loopback, so the test dials the URL's port there, as a browser on
 // this machine would.
-func get(t *testing.T, raw string) (int, string) {
+func get(t testing.TB, raw string) (int, string) {
 	t.Helper()
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -131,7 +131,7 @@ func TestWholeLoopOnTheLocalProvider(t *testing.T) {
 
 // loopDataDir is the server's data directory; STAGELY_TEST_KEEP_DATA keeps
 // it (with the machines' logs) for a look after a failure.
-func loopDataDir(t *testing.T) string {
+func loopDataDir(t testing.TB) string {
 	if d := os.Getenv("STAGELY_TEST_KEEP_DATA"); d != "" {
 		return d
 	}
