@@ -111,8 +111,33 @@ func (s *session) saveDeployment(ctx context.Context, d *store.Deployment) error
 	return nil
 }
 
+// closeStale completes the Check Runs of older generations that were left
+// open, as when a server died mid-deploy and a newer push or a destroy
+// came before anyone resumed it: no check run may stay "in progress"
+// forever on a commit.
+func (s *session) closeStale(ctx context.Context, g int64, reason string) error {
+	var stale []store.Deployment
+	if err := s.r.cfg.DB.NewSelect().Model(&stale).
+		Where("environment_id = ? AND generation < ? AND status <> 'completed' AND check_run_id <> 0", s.env.ID, g).
+		Scan(ctx); err != nil {
+		return fmt.Errorf("find stale deployments of environment %d: %w", s.env.ID, err)
+	}
+	for i := range stale {
+		now := s.r.cfg.Now()
+		rep := checks.Report{Status: "completed", Conclusion: "cancelled", SHA: stale[i].SHA, Now: now, Reason: reason,
+			Steps: cancelRunning(fromStore(stale[i].Steps), now)}
+		if err := s.complete(ctx, &stale[i], rep); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (s *session) deploy(ctx context.Context) error {
 	g, sha := s.env.DesiredGeneration, s.env.DesiredSHA
+	if err := s.closeStale(ctx, g, "superseded by "+short(sha)); err != nil {
+		return err
+	}
 	if sha == "" {
 		// Known only through a command that has not resolved a head yet.
 		return s.update(ctx, "observed_generation = ?", g)
@@ -136,6 +161,22 @@ func (s *session) deploy(ctx context.Context) error {
 		if err := s.saveDeployment(ctx, d); err != nil {
 			return err
 		}
+	}
+	if s.env.ReapedGeneration == g && s.env.ReapedReason == store.ReapedStuck {
+		// The reaper saw this generation make no progress past its deadline,
+		// retried it, and saw no progress again: say so instead of waiting.
+		steps := fromStore(d.Steps)
+		de := &DeployError{Step: "Deploy", Reason: "no progress past the deadline, even after a retry",
+			Hint: "push a commit or comment `/stagely redeploy` to try again"}
+		for i := len(steps) - 1; i >= 0; i-- {
+			if steps[i].State == checks.StepRunning || steps[i].State == checks.StepPending {
+				de.Step = steps[i].Name
+				steps = cancelRunning(steps, now)
+				steps[i].State = checks.StepFailed
+				break
+			}
+		}
+		return s.fail(ctx, d, g, sha, steps, de, now)
 	}
 	if err := s.update(ctx, "observed_state = ?", store.ObservedQueued); err != nil {
 		return err
@@ -184,6 +225,14 @@ func (s *session) deploy(ctx context.Context) error {
 		return fmt.Errorf("read %s at %s: %w", repoconfig.FileName, short(sha), err)
 	}
 	cfg.Defaults(s.r.cfg.Defaults)
+	if ttl := int64(cfg.TTL / time.Second); ttl != s.env.TTLSeconds {
+		// The reaper destroys the preview once it has had no push or
+		// command for this long.
+		if err := s.update(ctx, "ttl_seconds = ?", ttl); err != nil {
+			return err
+		}
+		s.env.TTLSeconds = ttl
+	}
 
 	start := s.r.cfg.Now()
 	cfgStep := checks.Step{Name: "Read " + repoconfig.FileName, State: checks.StepSucceeded, StartedAt: start, FinishedAt: start}
@@ -244,16 +293,7 @@ func (s *session) deploy(ctx context.Context) error {
 		if de.Retryable && s.env.Attempts < maxRetryableAttempts {
 			return fmt.Errorf("deploy %s: %w", short(sha), derr)
 		}
-		rep := checks.Report{Status: "completed", Conclusion: "failure", SHA: sha, Now: now, Steps: steps,
-			Err: de.Error(), LogTail: de.LogTail, Secrets: nil}
-		d.Error, d.LogTail = de.Error(), de.LogTail
-		if err := s.complete(ctx, d, rep); err != nil {
-			return err
-		}
-		if err := s.sticky(ctx, comments.StateFailed, sha, nil, de.Error(), now); err != nil {
-			return err
-		}
-		return s.observe(ctx, g, store.ObservedFailed, sha)
+		return s.fail(ctx, d, g, sha, steps, de, now)
 	}
 	rep := checks.Report{Status: "completed", Conclusion: "success", SHA: sha, Now: now, Steps: steps, Previews: res.Previews, LogTail: ""}
 	d.Previews = previewsToStore(res.Previews)
@@ -264,6 +304,21 @@ func (s *session) deploy(ctx context.Context) error {
 		return err
 	}
 	return s.observe(ctx, g, store.ObservedRunning, sha)
+}
+
+// fail reports deployment d of generation g as failed with de, on the
+// Check Run and the comment, and records it.
+func (s *session) fail(ctx context.Context, d *store.Deployment, g int64, sha string, steps []checks.Step, de *DeployError, now time.Time) error {
+	rep := checks.Report{Status: "completed", Conclusion: "failure", SHA: sha, Now: now, Steps: steps,
+		Err: de.Error(), LogTail: de.LogTail, Secrets: nil}
+	d.Error, d.LogTail = de.Error(), de.LogTail
+	if err := s.complete(ctx, d, rep); err != nil {
+		return err
+	}
+	if err := s.sticky(ctx, comments.StateFailed, sha, nil, de.Error(), now); err != nil {
+		return err
+	}
+	return s.observe(ctx, g, store.ObservedFailed, sha)
 }
 
 // watchSupersede cancels a deployment as soon as a newer generation is
@@ -305,15 +360,24 @@ func (s *session) complete(ctx context.Context, d *store.Deployment, rep checks.
 
 func (s *session) destroy(ctx context.Context) error {
 	g := s.env.DesiredGeneration
+	if err := s.closeStale(ctx, g, "the environment is being destroyed"); err != nil {
+		return err
+	}
 	if err := s.r.cfg.Deployer.Destroy(ctx, s.target()); err != nil {
 		return fmt.Errorf("destroy environment %d: %w", s.env.ID, err)
 	}
 	now := s.r.cfg.Now()
+	// Destroyed by the reaper because nobody pushed or commented within
+	// the environment's TTL: the comment says so, and how to come back.
+	idle := s.env.ReapedGeneration == g && s.env.ReapedReason == store.ReapedIdle
 	last := new(store.Deployment)
 	err := s.r.cfg.DB.NewSelect().Model(last).Where("environment_id = ? AND check_run_id <> 0", s.env.ID).
 		Order("generation DESC").Limit(1).Scan(ctx)
 	if err == nil && (last.Status != "completed" || last.Conclusion == "success" || last.Conclusion == "action_required") {
 		conclusion, reason := "neutral", "the environment was destroyed"
+		if idle {
+			reason = "the environment was destroyed for inactivity: no push or command within its time to live"
+		}
 		if last.Status != "completed" {
 			conclusion = "cancelled"
 		}
@@ -324,7 +388,11 @@ func (s *session) destroy(ctx context.Context) error {
 		}
 	}
 	if s.env.ObservedState != store.ObservedNew && s.env.ObservedState != store.ObservedNotEnabled {
-		if err := s.sticky(ctx, comments.StateDestroyed, s.env.DesiredSHA, nil, "", now); err != nil {
+		st := comments.Sticky{State: comments.StateDestroyed, SHA: s.env.DesiredSHA, UpdatedAt: now}
+		if idle {
+			st.IdleFor = time.Duration(s.env.TTLSeconds) * time.Second
+		}
+		if err := s.putSticky(ctx, st); err != nil {
 			return err
 		}
 	}

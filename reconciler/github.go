@@ -48,10 +48,14 @@ func (s *session) loadConfig(ctx context.Context, sha string) (*repoconfig.Confi
 // at is when the state was reached, not when this call runs: repeating a
 // step after a crash renders the same body, which is then not edited.
 func (s *session) sticky(ctx context.Context, state comments.State, sha string, previews []checks.Preview, errMsg string, at time.Time) error {
-	body, err := comments.RenderSticky(comments.Sticky{
-		Repo: s.env.FullName(), PR: s.env.PRNumber, State: state, Previews: previews, SHA: sha,
-		UpdatedAt: at, Err: errMsg,
-	})
+	return s.putSticky(ctx, comments.Sticky{State: state, Previews: previews, SHA: sha, UpdatedAt: at, Err: errMsg})
+}
+
+// putSticky is sticky for a comment with more to say than a state; st's
+// Repo and PR are filled in.
+func (s *session) putSticky(ctx context.Context, st comments.Sticky) error {
+	st.Repo, st.PR = s.env.FullName(), s.env.PRNumber
+	body, err := comments.RenderSticky(st)
 	if err != nil {
 		return fmt.Errorf("render comment: %w", err)
 	}

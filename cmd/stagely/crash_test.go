@@ -36,6 +36,9 @@ func TestMain(m *testing.M) {
 		if os.Getenv("STAGELY_E2E_BLOCK") == "1" {
 			d.Block()
 		}
+		if delay, err := time.ParseDuration(os.Getenv("STAGELY_E2E_DELAY")); err == nil {
+			d.Delay = delay
+		}
 		cmd := serverCommandWith(os.Stderr, serverDeps{deployer: d, listening: func(a string) { fmt.Println("LISTENING", a) }})
 		if err := cmd.ParseAndRun(context.Background(), nil); err != nil {
 			fmt.Fprintln(os.Stderr, "child server:", err)
@@ -46,8 +49,17 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// childAt starts a server process whose deploys take delay.
+func (w *world) childAt(workers int, delay string) *exec.Cmd {
+	return w.childWith(workers, false, "STAGELY_E2E_DELAY="+delay)
+}
+
 // child starts a server process and points webhooks at it.
 func (w *world) child(workers int, block bool) *exec.Cmd {
+	return w.childWith(workers, block)
+}
+
+func (w *world) childWith(workers int, block bool, env ...string) *exec.Cmd {
 	w.t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(),
@@ -66,6 +78,7 @@ func (w *world) child(workers int, block bool) *exec.Cmd {
 	if block {
 		cmd.Env = append(cmd.Env, "STAGELY_E2E_BLOCK=1")
 	}
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stderr = w.logs
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -91,6 +104,17 @@ func (w *world) child(workers int, block bool) *exec.Cmd {
 		w.t.Fatalf("child server did not start; logs:\n%s", w.logs.String())
 	}
 	return cmd
+}
+
+// redeliverFailed redelivers every delivery the server did not accept.
+func (w *world) redeliverFailed(ctx context.Context) {
+	for _, d := range w.sim.Deliveries() {
+		if d.Status != 200 && d.Status != 202 && !w.redelivered[d.GUID] {
+			if r, err := w.sim.Redeliver(ctx, d.GUID); err == nil && (r.Status == 200 || r.Status == 202) {
+				w.redelivered[d.GUID] = true
+			}
+		}
+	}
 }
 
 func kill(t *testing.T, cmd *exec.Cmd) {

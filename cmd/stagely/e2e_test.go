@@ -48,6 +48,9 @@ type world struct {
 	db     *bun.DB
 	logs   *syncBuffer
 	valkey string // empty: single-node mode
+	addr   string // the server webhooks go to
+
+	redelivered map[string]bool
 }
 
 func newWorld(t testing.TB, files map[string]string) *world {
@@ -59,7 +62,7 @@ func newWorld(t testing.TB, files map[string]string) *world {
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
 	sim.SetBaseURL(srv.URL)
-	w := &world{t: t, sim: sim, simURL: srv.URL + "/", dbURL: storetest.NewURL(t), logs: &syncBuffer{}}
+	w := &world{t: t, sim: sim, simURL: srv.URL + "/", dbURL: storetest.NewURL(t), logs: &syncBuffer{}, redelivered: map[string]bool{}}
 	w.key = filepath.Join(t.TempDir(), "app.pem")
 	if err := os.WriteFile(w.key, sim.AppPrivateKeyPEM(), 0o600); err != nil {
 		t.Fatal(err)
@@ -107,6 +110,20 @@ func (w *world) serve(d reconciler.Deployer, workers int) func() {
 	return w.start(w.config(workers), d)
 }
 
+// serveAt starts one more server without pointing webhooks at it, and
+// returns its address.
+func (w *world) serveAt(d reconciler.Deployer, workers int) string {
+	w.t.Helper()
+	prev := w.addr
+	w.start(w.config(workers), d)
+	addr := w.addr
+	if prev != "" {
+		w.sim.SetWebhookURL("http://" + prev + "/api/github/hook")
+		w.addr = prev
+	}
+	return addr
+}
+
 // serveConfig starts a server with cfg and its own deployer (cfg.fleet).
 func (w *world) serveConfig(cfg serverConfig) func() {
 	w.t.Helper()
@@ -123,6 +140,7 @@ func (w *world) start(cfg serverConfig, d reconciler.Deployer) func() {
 	select {
 	case a := <-addrc:
 		w.sim.SetWebhookURL("http://" + a + "/api/github/hook")
+		w.addr = a
 	case err := <-errc:
 		cancel()
 		w.t.Fatalf("server did not start: %v", err)

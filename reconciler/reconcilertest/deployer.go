@@ -14,6 +14,9 @@ import (
 
 // Deployer records every call and answers as told.
 type Deployer struct {
+	// Delay is how long each deploy takes.
+	Delay time.Duration
+
 	mu       sync.Mutex
 	fail     map[string]*reconciler.DeployError // by SHA
 	gate     chan struct{}                      // non-nil: Deploy waits for it to close
@@ -91,6 +94,13 @@ func (d *Deployer) Deploy(ctx context.Context, req reconciler.DeployRequest, pro
 	if gate != nil {
 		select {
 		case <-gate:
+		case <-ctx.Done():
+			return reconciler.DeployResult{}, ctx.Err()
+		}
+	}
+	if d.Delay > 0 {
+		select {
+		case <-time.After(d.Delay):
 		case <-ctx.Done():
 			return reconciler.DeployResult{}, ctx.Err()
 		}
