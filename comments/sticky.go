@@ -52,9 +52,13 @@ type Sticky struct {
 	// rendered: an unchanged state then renders the same body, and Upsert
 	// skips the edit.
 	UpdatedAt time.Time
-	Message   string   // optional Markdown paragraph, e.g. why the preview was destroyed
-	Err       string   // for failed and invalid_config: what went wrong and what to do
-	Secrets   []string // values replaced by "***" wherever they appear
+	Message   string // optional Markdown paragraph, e.g. why the preview was destroyed
+	// IdleFor, for destroyed, is the time to live after which the reaper
+	// destroyed an idle preview (no push or command for that long); zero
+	// for any other destroy.
+	IdleFor time.Duration
+	Err     string   // for failed and invalid_config: what went wrong and what to do
+	Secrets []string // values replaced by "***" wherever they appear
 }
 
 // Size limits. GitHub caps a comment body at 65,536 characters; a byte

@@ -22,6 +22,10 @@ var previews = []checks.Preview{
 	{Name: "api", URL: "https://k3x9q2-api.preview.example.com"},
 }
 
+// stateDestroyedIdle names the golden file of a preview the reaper
+// destroyed for inactivity; it renders as StateDestroyed.
+const stateDestroyedIdle State = "destroyed_idle"
+
 func stickies() map[State]Sticky {
 	base := Sticky{Repo: "acme/shop", PR: 7, SHA: sha, UpdatedAt: t0, Secrets: []string{secret}}
 	with := func(f func(*Sticky)) Sticky { s := base; f(&s); return s }
@@ -35,6 +39,7 @@ func stickies() map[State]Sticky {
 		}),
 		StateDestroyed:        with(func(s *Sticky) { s.State = StateDestroyed; s.Message = "The pull request was closed." }),
 		StateNotEnabled:       with(func(s *Sticky) { s.State = StateNotEnabled }),
+		stateDestroyedIdle:    with(func(s *Sticky) { s.State = StateDestroyed; s.IdleFor = 72 * time.Hour }),
 		StateAwaitingApproval: with(func(s *Sticky) { s.State = StateAwaitingApproval }),
 		StateInvalidConfig: with(func(s *Sticky) {
 			s.State = StateInvalidConfig

@@ -13,6 +13,16 @@ const (
 	DesiredDestroyed = "destroyed"
 )
 
+// Why the reaper asked for an environment's current generation.
+const (
+	// ReapedIdle: destroyed after its TTL without a push or command.
+	ReapedIdle = "idle"
+	// ReapedStuckRetry: no progress past the deadline; retried once.
+	ReapedStuckRetry = "stuck_retry"
+	// ReapedStuck: still no progress after the retry; to be reported failed.
+	ReapedStuck = "stuck"
+)
+
 // Observed states of an environment, as the reconciler last left it.
 const (
 	ObservedNew              = "new"
@@ -81,8 +91,16 @@ type Environment struct {
 	LeaseOwner         string     `bun:"lease_owner,notnull"`
 	LeaseExpiresAt     *time.Time `bun:"lease_expires_at"`
 	TouchedAt          time.Time  `bun:"touched_at,notnull"`
-	CreatedAt          time.Time  `bun:"created_at,nullzero,notnull,default:current_timestamp"`
-	UpdatedAt          time.Time  `bun:"updated_at,nullzero,notnull,default:current_timestamp"`
+	// TTLSeconds is the effective time to live the last deploy read from
+	// .stagely.yml (or the server default); 0: not known, never idle-reaped.
+	TTLSeconds int64 `bun:"ttl_seconds,notnull"`
+	// ReapedGeneration is the generation the reaper last asked for, and
+	// ReapedReason why (Reaped*); they apply while DesiredGeneration equals
+	// ReapedGeneration.
+	ReapedGeneration int64     `bun:"reaped_generation,notnull"`
+	ReapedReason     string    `bun:"reaped_reason,notnull"`
+	CreatedAt        time.Time `bun:"created_at,nullzero,notnull,default:current_timestamp"`
+	UpdatedAt        time.Time `bun:"updated_at,nullzero,notnull,default:current_timestamp"`
 }
 
 // FullName is owner/repo.

@@ -34,6 +34,7 @@ const partials = "partials.md.tmpl"
 //
 //	shortSHA  "0123456789abcdef" -> "0123456"
 //	duration  start end          -> "1m05s" ("" when either is zero)
+//	span      d                  -> "3 days", "1 hour 30 minutes" ("" when not positive)
 //	timestamp t                  -> "2024-05-01 12:00:00 UTC" ("" when zero)
 //	code      s                  -> an inline code span that s cannot break out of
 //	fence     s                  -> a fenced code block that s cannot break out of
@@ -99,6 +100,7 @@ func funcs() template.FuncMap {
 	return template.FuncMap{
 		"shortSHA":  ShortSHA,
 		"duration":  duration,
+		"span":      span,
 		"timestamp": timestamp,
 		"code":      code,
 		"fence":     fence,
@@ -134,6 +136,31 @@ func duration(start, end time.Time) string {
 	default:
 		return fmt.Sprintf("%ds", s)
 	}
+}
+
+// span writes a length of time the way a person says it, to the minute:
+// "3 days", "1 day 12 hours", "90 minutes" is "1 hour 30 minutes". It is
+// for configured periods (a time to live), not measured ones (duration).
+func span(d time.Duration) string {
+	d = d.Round(time.Minute)
+	if d <= 0 {
+		return ""
+	}
+	var parts []string
+	for _, u := range []struct {
+		size time.Duration
+		name string
+	}{{24 * time.Hour, "day"}, {time.Hour, "hour"}, {time.Minute, "minute"}} {
+		n := d / u.size
+		d -= n * u.size
+		switch {
+		case n == 1:
+			parts = append(parts, "1 "+u.name)
+		case n > 1:
+			parts = append(parts, fmt.Sprintf("%d %ss", n, u.name))
+		}
+	}
+	return strings.Join(parts, " ")
 }
 
 // timestamp formats t in UTC to the second. Never relative ("3 minutes

@@ -63,6 +63,25 @@ func TestDurationFormatsToTheSecondAndBlanksUnknowns(t *testing.T) {
 	}
 }
 
+func TestSpanSaysAPeriodInWords(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		72 * time.Hour:               "3 days",
+		36 * time.Hour:               "1 day 12 hours",
+		90 * time.Minute:             "1 hour 30 minutes",
+		10 * time.Minute:             "10 minutes",
+		time.Minute + 29*time.Second: "1 minute",
+		24*time.Hour + time.Minute:   "1 day 1 minute",
+		0:                            "",
+		-time.Hour:                   "",
+		20 * time.Second:             "",
+		720 * time.Hour:              "30 days",
+	} {
+		if got := span(d); got != want {
+			t.Errorf("span(%s) = %q, want %q", d, got, want)
+		}
+	}
+}
+
 func TestTimestampIsAbsoluteUTC(t *testing.T) {
 	in := time.Date(2024, 5, 1, 14, 0, 5, 0, time.FixedZone("CEST", 2*3600))
 	if got, want := timestamp(in), "2024-05-01 12:00:05 UTC"; got != want {
