@@ -18,9 +18,12 @@ import (
 
 	"github.com/stagely-dev/stagely/app"
 	"github.com/stagely-dev/stagely/checks"
+	"github.com/stagely-dev/stagely/fleet"
 	"github.com/stagely-dev/stagely/ghclient"
 	"github.com/stagely-dev/stagely/kv"
 	"github.com/stagely-dev/stagely/migrations"
+	"github.com/stagely-dev/stagely/provisioner"
+	"github.com/stagely-dev/stagely/reaper"
 	"github.com/stagely-dev/stagely/reconciler"
 	"github.com/stagely-dev/stagely/repoconfig"
 	"github.com/stagely-dev/stagely/store"
@@ -43,6 +46,9 @@ type serverConfig struct {
 	logLevel      string
 	logFormat     string
 	fleet         fleetConfig
+	reapInterval  time.Duration
+	orphanGrace   time.Duration
+	stuckAfter    time.Duration
 }
 
 func (c *serverConfig) register(fs *flag.FlagSet) {
@@ -62,6 +68,9 @@ func (c *serverConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "json", "json or console")
 	c.fleet.register(fs)
+	fs.DurationVar(&c.reapInterval, "reap-interval", time.Minute, "how often the reaper looks for idle previews, stuck environments and orphaned machines; 0: no reaper in this process")
+	fs.DurationVar(&c.orphanGrace, "orphan-grace", 10*time.Minute, "a machine no environment records is destroyed only once it is this old")
+	fs.DurationVar(&c.stuckAfter, "stuck-after", 4*time.Hour, "an environment with no progress for this long is retried, then reported failed")
 }
 
 // serverDeps are the parts a test may replace.
@@ -219,6 +228,21 @@ func runServer(ctx context.Context, cfg serverConfig, stderr io.Writer, deps ser
 	} else {
 		close(workersDone)
 	}
+	reaperDone := make(chan struct{})
+	if cfg.reapInterval > 0 {
+		var machines provisioner.Provider
+		if fd, ok := deps.deployer.(*fleet.Deployer); ok {
+			machines = fd.Provider
+		}
+		rp, err := reaper.New(reaper.Config{DB: db, Provider: machines, Wake: shared, Interval: cfg.reapInterval,
+			OrphanGrace: cfg.orphanGrace, StuckAfter: cfg.stuckAfter, Takeover: 2 * cfg.lease, Logger: log})
+		if err != nil {
+			return err
+		}
+		go func() { defer close(reaperDone); _ = rp.Run(rctx) }()
+	} else {
+		close(reaperDone)
+	}
 
 	select {
 	case <-ctx.Done():
@@ -233,6 +257,7 @@ func runServer(ctx context.Context, cfg serverConfig, stderr io.Writer, deps ser
 	shutdownErr := srv.Shutdown(sctx)
 	stopWorkers()
 	<-workersDone
+	<-reaperDone
 	return shutdownErr
 }
 
