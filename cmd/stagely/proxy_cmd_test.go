@@ -393,4 +393,3 @@ func (s *proxyLogBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
-

@@ -52,6 +52,8 @@ type Env struct {
 	// ACMERoots trusts Pebble's own listeners (not the certificates it
 	// issues): certs.Config.ACMERoots.
 	ACMERoots *x509.CertPool
+	// ACMERootsPEM is ACMERoots as PEM, for a CA file setting.
+	ACMERootsPEM []byte
 	// IssuedRoots trusts what Pebble issues: its root, fetched from its
 	// management interface (/roots/0). A client verifies the proxy
 	// against it.
@@ -276,12 +278,13 @@ func Start(t testing.TB, domain string) *Env {
 	}
 
 	return &Env{
-		Domain:      domain,
-		Directory:   directory,
-		ACMERoots:   acmeRoots,
-		IssuedRoots: issuedRoots,
-		DNS:         ctDNS,
-		Resolver:    startZoneResolver(t, domain, fmt.Sprintf("127.0.0.1:%d", dnsPort)),
+		Domain:       domain,
+		Directory:    directory,
+		ACMERoots:    acmeRoots,
+		ACMERootsPEM: caPEM,
+		IssuedRoots:  issuedRoots,
+		DNS:          ctDNS,
+		Resolver:     startZoneResolver(t, domain, fmt.Sprintf("127.0.0.1:%d", dnsPort)),
 	}
 }
 
