@@ -103,13 +103,14 @@ func (p *Proxy) localSession(route Route) *tunnel.Session {
 }
 
 // newTunnelProxy is the ReverseProxy that forwards onto tunnel streams.
-func (p *Proxy) newTunnelProxy() (*httputil.ReverseProxy, *http.Transport) {
-	tr := &http.Transport{
+func (p *Proxy) newTunnelProxy() (*httputil.ReverseProxy, *fastTransport) {
+	slow := &http.Transport{
 		DialContext:  p.dialTunnel,
 		MaxIdleConns: 0,
-		// Idle connections hold stream slots: keep at most half a
-		// session's cap idle per hostname.
-		MaxIdleConnsPerHost:    max(2, p.cfg.Tunnel.StreamCap()/2),
+		// Idle connections hold stream slots: keep at most a quarter of
+		// a session's cap idle per hostname here, for requests with a
+		// body, and half in the fast path's pool.
+		MaxIdleConnsPerHost:    max(2, p.cfg.Tunnel.StreamCap()/4),
 		IdleConnTimeout:        90 * time.Second,
 		ResponseHeaderTimeout:  p.cfg.ResponseHeaderTimeout,
 		ExpectContinueTimeout:  time.Second,
@@ -118,6 +119,8 @@ func (p *Proxy) newTunnelProxy() (*httputil.ReverseProxy, *http.Transport) {
 		WriteBufferSize:        32 << 10,
 		ReadBufferSize:         32 << 10,
 	}
+	tr := newFastTransport(slow, p.dialTunnel, max(2, p.cfg.Tunnel.StreamCap()/2), slow.IdleConnTimeout,
+		slow.MaxResponseHeaderBytes, slow.ResponseHeaderTimeout)
 	rp := &httputil.ReverseProxy{
 		Rewrite:      rewriteToTunnel,
 		Transport:    tr,

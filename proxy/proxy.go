@@ -29,7 +29,7 @@ type Proxy struct {
 	bufs     *bufferPool
 	errorLog *log.Logger
 	rp       *httputil.ReverseProxy
-	tr       *http.Transport
+	tr       *fastTransport
 	hopRP    *httputil.ReverseProxy
 	hopTr    *http.Transport
 

@@ -52,6 +52,7 @@ func (p *Proxy) refreshLoop() {
 			return
 		case <-t.C:
 		}
+		p.tr.sweep()
 		p.refresh()
 	}
 }

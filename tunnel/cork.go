@@ -8,15 +8,27 @@ import (
 	"time"
 )
 
-// corkConn sits between yamux and the TLS connection and joins each data
-// frame's 12-byte header with the start of its body into one write. yamux's
-// send loop writes the header and the body with two calls; over TLS each
-// call is its own record and its own system call, so a small HTTP response
-// would cost two of each. The yamux wire format (spec.md: version 0, type 0
-// = data, length in bytes 8..12) says a data header with a non-zero length
-// is always followed by its body, and only yamux's one send goroutine
-// writes, so holding the header until the next write never holds it for
-// long and needs no lock.
+// corkConn sits between yamux and the TLS connection and cuts the number
+// of writes (each a TLS record and a system call) in two ways.
+//
+// It joins each data frame's 12-byte header with its body: yamux's send
+// loop writes the header and the body with two calls, so a small HTTP
+// response would cost two records and two system calls. The yamux wire
+// format (spec.md: version 0, type 0 = data, length in bytes 8..12) says a
+// data header with a non-zero length is always followed by its body, and
+// only yamux's one send goroutine writes, so holding the header until the
+// next write never holds it for long.
+//
+// And it commits small frames in groups: a small write is appended to a
+// pending buffer and handed to a flusher goroutine, so that the frames of
+// other streams that yamux's send loop takes while the flusher is in its
+// system call leave together, in one record and one call. An idle
+// connection pays nothing for this (the first frame is flushed at once and
+// the flusher exits when nothing is pending); a busy one with many small
+// streams pays a fraction of a system call per frame. A large write
+// (bulk data) waits for the flusher and goes out directly, without a copy.
+// A write error is returned by the next Write, and it closes the
+// connection, which ends the session.
 type corkConn struct {
 	net.Conn
 	hdr  [yamuxHeaderSize]byte
@@ -24,6 +36,12 @@ type corkConn struct {
 	// lastRead is when bytes last arrived (Unix nanoseconds): traffic
 	// proves the peer alive when a heartbeat's answer is stuck behind it.
 	lastRead atomic.Int64
+
+	mu       sync.Mutex
+	cond     sync.Cond // signalled when the flusher is done with a batch
+	pending  *[]byte   // small frames not yet written; nil when idle
+	flushing bool      // a flusher (or a direct write) is writing
+	err      error     // the first write error, or net.ErrClosed
 }
 
 func newCorkConn(c net.Conn) *corkConn {
@@ -48,10 +66,14 @@ func (c *corkConn) quietFor() time.Duration {
 const (
 	yamuxHeaderSize = 12
 	// corkChunk is how much body rides with a held header: one TLS record.
+	// Writes up to this size are committed in groups.
 	corkChunk = 16 << 10
+	// corkPending bounds the bytes waiting for the flusher: beyond it the
+	// send loop waits, as it would on the connection itself.
+	corkPending = 64 << 10
 )
 
-var corkBufs = sync.Pool{New: func() any { b := make([]byte, corkChunk); return &b }}
+var corkBufs = sync.Pool{New: func() any { b := make([]byte, 0, corkPending+corkChunk+yamuxHeaderSize); return &b }}
 
 func (c *corkConn) Write(p []byte) (int, error) {
 	if !c.held && len(p) == yamuxHeaderSize && p[0] == 0 && p[1] == 0 && binary.BigEndian.Uint32(p[8:]) > 0 {
@@ -59,21 +81,118 @@ func (c *corkConn) Write(p []byte) (int, error) {
 		c.held = true
 		return len(p), nil
 	}
-	if !c.held {
-		return c.Conn.Write(p)
+	var hdr []byte
+	if c.held {
+		hdr = c.hdr[:]
+		c.held = false
 	}
-	c.held = false
-	bp := corkBufs.Get().(*[]byte)
-	defer corkBufs.Put(bp)
-	buf := *bp
-	copy(buf, c.hdr[:])
-	n := copy(buf[yamuxHeaderSize:], p)
-	if _, err := c.Conn.Write(buf[:yamuxHeaderSize+n]); err != nil {
+	c.lock()
+	small := len(p) <= corkChunk
+	for c.err == nil && c.flushing && (!small || c.pending != nil && len(*c.pending)+len(hdr)+len(p) > corkPending) {
+		c.cond.Wait()
+	}
+	if c.err != nil {
+		err := c.err
+		c.mu.Unlock()
 		return 0, err
 	}
-	if n == len(p) {
-		return n, nil
+	if !small {
+		// Nothing is pending (the flusher is idle): write directly.
+		c.flushing = true
+		c.mu.Unlock()
+		n, err := c.writeDirect(hdr, p)
+		c.mu.Lock()
+		c.flushing = false
+		c.fail(err)
+		c.cond.Broadcast()
+		c.mu.Unlock()
+		return n, err
+	}
+	if c.pending == nil {
+		c.pending = corkBufs.Get().(*[]byte)
+	}
+	*c.pending = append(append(*c.pending, hdr...), p...)
+	if !c.flushing {
+		c.flushing = true
+		go c.flush()
+	}
+	c.mu.Unlock()
+	return len(p), nil
+}
+
+// writeDirect writes a large body, the held header joined with its first
+// record's worth.
+func (c *corkConn) writeDirect(hdr, p []byte) (int, error) {
+	if hdr == nil {
+		return c.Conn.Write(p)
+	}
+	bp := corkBufs.Get().(*[]byte)
+	defer corkBufs.Put(bp)
+	n := corkChunk - len(hdr)
+	buf := append(append((*bp)[:0], hdr...), p[:n]...)
+	if _, err := c.Conn.Write(buf); err != nil {
+		return 0, err
 	}
 	m, err := c.Conn.Write(p[n:])
 	return n + m, err
+}
+
+// flush writes pending batches until there are none.
+func (c *corkConn) flush() {
+	c.lock()
+	for c.pending != nil && c.err == nil {
+		bp := c.pending
+		c.pending = nil
+		c.mu.Unlock()
+		_, err := c.Conn.Write(*bp)
+		*bp = (*bp)[:0]
+		corkBufs.Put(bp)
+		c.mu.Lock()
+		c.fail(err)
+		c.cond.Broadcast()
+	}
+	c.flushing = false
+	c.cond.Broadcast()
+	c.mu.Unlock()
+}
+
+// fail records the first write error and closes the connection; c.mu is
+// held.
+func (c *corkConn) fail(err error) {
+	if err == nil || c.err != nil {
+		return
+	}
+	c.err = err
+	_ = c.Conn.Close()
+}
+
+// lock takes c.mu, making c.cond first if needed.
+func (c *corkConn) lock() {
+	c.mu.Lock()
+	if c.cond.L == nil {
+		c.cond.L = &c.mu
+	}
+}
+
+// waitFlushed waits until everything written so far has reached the
+// connection (or failed).
+func (c *corkConn) waitFlushed() {
+	c.lock()
+	for c.flushing && c.err == nil {
+		c.cond.Wait()
+	}
+	c.mu.Unlock()
+}
+
+// Close closes the connection and wakes a write waiting for the flusher.
+// Frames not yet written are dropped, as yamux drops the frames still
+// queued when its session shuts down.
+func (c *corkConn) Close() error {
+	c.lock()
+	if c.err == nil {
+		c.err = net.ErrClosed
+	}
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	return c.Conn.Close()
 }

@@ -104,6 +104,7 @@ func TestCorkJoinsDataHeaderWithItsBody(t *testing.T) {
 				if n, err := c.Write(w); err != nil || n != len(w) {
 					t.Fatalf("Write = %d, %v", n, err)
 				}
+				c.waitFlushed()
 			}
 			var got []int
 			var all []byte
