@@ -94,3 +94,35 @@ func serial() *big.Int {
 	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
 	return n
 }
+
+// KeyPEM is the CA's private key, for keeping the CA across restarts:
+// agents trust the CA file they were given, so a server that made a new CA
+// at every start would strand them.
+func (ca *DevCA) KeyPEM() ([]byte, error) {
+	der, err := x509.MarshalECPrivateKey(ca.key)
+	if err != nil {
+		return nil, fmt.Errorf("dev CA key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
+}
+
+// LoadDevCA restores a CA from its certificate and KeyPEM.
+func LoadDevCA(certPEM, keyPEM []byte) (*DevCA, error) {
+	cb, _ := pem.Decode(certPEM)
+	kb, _ := pem.Decode(keyPEM)
+	if cb == nil || kb == nil {
+		return nil, fmt.Errorf("dev CA: no PEM block")
+	}
+	cert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("dev CA certificate: %w", err)
+	}
+	key, err := x509.ParseECPrivateKey(kb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("dev CA key: %w", err)
+	}
+	return &DevCA{cert: cert, key: key, PEM: certPEM}, nil
+}
+
+// Expires is when the CA stops being valid.
+func (ca *DevCA) Expires() time.Time { return ca.cert.NotAfter }

@@ -54,37 +54,46 @@ func (c *fleetConfig) register(fs *flag.FlagSet) {
 
 // startFleet starts the preview proxy and its tunnel listener, and
 // returns the Deployer that provisions machines through the provider.
-func startFleet(ctx context.Context, fc fleetConfig, webhookSecret string, db *bun.DB, shared kv.Store, clients githubapp.ClientCreator, log zerolog.Logger, errc chan<- error) (reconciler.Deployer, error) {
+//
+// stop drains the proxy: agents get GoAway and reconnect to whichever
+// process serves the tunnel address next, as after a crash.
+func startFleet(ctx context.Context, fc fleetConfig, webhookSecret string, db *bun.DB, shared kv.Store, clients githubapp.ClientCreator, log zerolog.Logger, errc chan<- error) (d reconciler.Deployer, stop func(), err error) {
+	stop = func() {}
 	if fc.provider == "" {
-		return nil, nil
+		return nil, stop, nil
 	}
 	if fc.provider != "local" {
-		return nil, fmt.Errorf("--provider %q: this build's server wires only the local provider", fc.provider)
+		return nil, stop, fmt.Errorf("--provider %q: this build's server wires only the local provider", fc.provider)
 	}
+	d, stop, err = startLocalFleet(ctx, fc, webhookSecret, db, shared, clients, log, errc)
+	if err != nil {
+		return nil, func() {}, err
+	}
+	return d, stop, nil
+}
+
+func startLocalFleet(ctx context.Context, fc fleetConfig, webhookSecret string, db *bun.DB, shared kv.Store, clients githubapp.ClientCreator, log zerolog.Logger, errc chan<- error) (reconciler.Deployer, func(), error) {
 	if err := os.MkdirAll(fc.dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("--data-dir: %w", err)
+		return nil, nil, fmt.Errorf("--data-dir: %w", err)
 	}
 	dataDir, err := filepath.Abs(fc.dataDir)
 	if err != nil {
-		return nil, err
-	}
-	ca, err := tunnel.NewDevCA()
-	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	caFile := filepath.Join(dataDir, "tunnel-ca.pem")
-	if err := os.WriteFile(caFile, ca.PEM, 0o644); err != nil {
-		return nil, fmt.Errorf("write the tunnel CA: %w", err)
+	ca, err := devCA(caFile, filepath.Join(dataDir, "tunnel-ca-key.pem"))
+	if err != nil {
+		return nil, nil, err
 	}
 	tunnelTLS, err := ca.ServerConfig("localhost", "127.0.0.1")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// One key, derived from the webhook secret, signs nothing GitHub sees:
 	// it derives the machines' bootstrap tokens.
 	secret, err := hkdf.Key(sha256.New, []byte(webhookSecret), nil, "stagely bootstrap tokens", 32)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	handler := &fleet.Handler{DB: db, Bus: shared, Tarballs: fleet.GitHubTarballs{Clients: clients}}
 	control := &protocol.Server{Handler: handler, MaxWait: 25 * time.Second}
@@ -105,18 +114,25 @@ func startFleet(ctx context.Context, fc fleetConfig, webhookSecret string, db *b
 		Logger: log,
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	tln, err := net.Listen("tcp", fc.tunnelAddr)
 	if err != nil {
-		return nil, fmt.Errorf("--tunnel-addr %s: %w", fc.tunnelAddr, err)
+		return nil, nil, fmt.Errorf("--tunnel-addr %s: %w", fc.tunnelAddr, err)
 	}
 	pln, err := net.Listen("tcp", fc.proxyAddr)
 	if err != nil {
 		tln.Close()
-		return nil, fmt.Errorf("--proxy-addr %s: %w", fc.proxyAddr, err)
+		return nil, nil, fmt.Errorf("--proxy-addr %s: %w", fc.proxyAddr, err)
 	}
 	go func() { errc <- ignoreClosed(px.ServeTunnel(ctx, tln)) }()
+	stop := func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := px.Shutdown(sctx); err != nil {
+			px.Close()
+		}
+	}
 	go func() { errc <- ignoreClosed(px.Serve(ctx, pln)) }()
 	port := fc.previewPort
 	if port == "" {
@@ -132,14 +148,14 @@ func startFleet(ctx context.Context, fc fleetConfig, webhookSecret string, db *b
 	if len(cmd) == 0 {
 		self, err := os.Executable()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		cmd = []string{self, "agent"}
 	}
 	prov, err := local.New(local.Config{Dir: filepath.Join(dataDir, "machines"), Command: cmd,
 		Env: []string{"STAGELY_CA_FILE=" + caFile, "STAGELY_LOG_FORMAT=json"}})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	return &fleet.Deployer{
 		DB: db, Bus: shared, Provider: prov, ProviderName: "local", Secret: secret,
@@ -162,7 +178,7 @@ func startFleet(ctx context.Context, fc fleetConfig, webhookSecret string, db *b
 		Routes:       px.Routes(),
 		Launch:       provisioner.Wait{Timeout: 2 * time.Minute, Interval: 200 * time.Millisecond},
 		AgentTimeout: 2 * time.Minute,
-	}, nil
+	}, stop, nil
 }
 
 func ignoreClosed(err error) error {
@@ -170,4 +186,33 @@ func ignoreClosed(err error) error {
 		return nil
 	}
 	return err
+}
+
+// devCA loads the tunnel's CA from the data directory, or makes one (valid
+// a week) when there is none or it is about to expire. It is kept because
+// running agents trust the CA file they were started with: a server that
+// made a new CA at every start would strand them after a restart.
+func devCA(certFile, keyFile string) (*tunnel.DevCA, error) {
+	cert, cerr := os.ReadFile(certFile)
+	key, kerr := os.ReadFile(keyFile)
+	if cerr == nil && kerr == nil {
+		if ca, err := tunnel.LoadDevCA(cert, key); err == nil && time.Until(ca.Expires()) > 24*time.Hour {
+			return ca, nil
+		}
+	}
+	ca, err := tunnel.NewDevCA()
+	if err != nil {
+		return nil, err
+	}
+	kp, err := ca.KeyPEM()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(keyFile, kp, 0o600); err != nil {
+		return nil, fmt.Errorf("write the tunnel CA key: %w", err)
+	}
+	if err := os.WriteFile(certFile, ca.PEM, 0o644); err != nil {
+		return nil, fmt.Errorf("write the tunnel CA: %w", err)
+	}
+	return ca, nil
 }

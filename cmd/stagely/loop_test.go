@@ -137,3 +137,47 @@ func loopDataDir(t testing.TB) string {
 	}
 	return t.TempDir()
 }
+
+// TestAgentsSurviveAServerRestart restarts the server between a deploy and
+// a push: the running agent reconnects to the new process (same tunnel
+// address, same CA) and deploys the push; nothing is provisioned twice.
+func TestAgentsSurviveAServerRestart(t *testing.T) {
+	ctx := context.Background()
+	bin, err := example.Build(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWorld(t, example.Files(bin, "before the restart"))
+	cfg := w.config(2)
+	cfg.fleet = fleetConfig{provider: "local", dataDir: loopDataDir(t), previewDomain: "preview.localhost",
+		proxyAddr: freeAddr(t), tunnelAddr: freeAddr(t)}
+	stop := w.serveConfig(cfg)
+	pr := w.openPR("feature")
+	run := w.completed(pr.SHA, "success", 4*time.Minute)
+	stop()
+
+	stop = w.serveConfig(cfg)
+	defer stop()
+	push, err := w.sim.PushToPR(ctx, ghsim.PushSpec{Owner: owner, Repo: repoName, Number: pr.Number,
+		Files: map[string]string{"backend/message.txt": "after the restart\n"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.completed(push.SHA, "success", 4*time.Minute)
+	eventually(t, 10*time.Second, func() (bool, string) {
+		code, body := get(t, run.DetailsURL)
+		return code == 200 && strings.Contains(body, "after the restart"), body
+	})
+	var machines int
+	if err := w.db.NewRaw("SELECT count(*) FROM agents").Scan(ctx, &machines); err != nil || machines != 1 {
+		t.Errorf("%d machines provisioned (%v), want 1", machines, err)
+	}
+	if _, err := w.sim.ClosePR(ctx, owner, repoName, pr.Number, false, "octocat"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Minute, func() (bool, string) {
+		var live int
+		w.db.NewRaw("SELECT count(*) FROM agents WHERE destroyed_at IS NULL").Scan(ctx, &live)
+		return live == 0, "machine not destroyed"
+	})
+}

@@ -209,9 +209,12 @@ func runServer(ctx context.Context, cfg serverConfig, stderr io.Writer, deps ser
 
 	rctx, stopWorkers := context.WithCancel(ctx)
 	defer stopWorkers()
-	if d, err := startFleet(rctx, cfg.fleet, cfg.webhookSecret, db, shared, clients, log, errc); err != nil {
+	d, stopFleet, err := startFleet(rctx, cfg.fleet, cfg.webhookSecret, db, shared, clients, log, errc)
+	if err != nil {
 		return err
-	} else if d != nil {
+	}
+	defer stopFleet()
+	if d != nil {
 		deps.deployer = d
 	}
 	workersDone := make(chan struct{})
