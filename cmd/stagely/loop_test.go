@@ -109,6 +109,32 @@ func TestWholeLoopOnTheLocalProvider(t *testing.T) {
 		return code == 200 && strings.Contains(body, "second commit"), body
 	})
 
+	// `/stagely redeploy` and the Redeploy button each redeploy, on the
+	// same machine.
+	c := w.comment(pr.Number, "alice", "write", "/stagely redeploy")
+	eventually(t, 3*time.Minute, func() (bool, string) {
+		r := w.reactions(c.ID)
+		return strings.Join(r, ",") == "eyes,rocket", "reactions " + strings.Join(r, ",")
+	})
+	runs := w.runs(push.SHA)
+	if len(runs) != 2 || runs[1].Conclusion != "success" {
+		t.Fatalf("after /stagely redeploy, runs on the head: %s", describeRuns(runs))
+	}
+	if _, err := w.sim.ClickCheckRunAction(ctx, owner, repoName, runs[1].ID, "redeploy", "alice"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 3*time.Minute, func() (bool, string) {
+		rs := w.runs(push.SHA)
+		return len(rs) == 3 && rs[2].Conclusion == "success", "after the Redeploy button: " + describeRuns(rs)
+	})
+	if code, body := get(t, run.DetailsURL); code != 200 || !strings.Contains(body, "second commit") {
+		t.Errorf("after the redeploys the preview answers %d %q", code, body)
+	}
+	var machines int
+	if err := w.db.NewRaw("SELECT count(*) FROM agents").Scan(ctx, &machines); err != nil || machines != 1 {
+		t.Errorf("%d machines for one environment (%v), want 1", machines, err)
+	}
+
 	// Closing the pull request destroys everything.
 	if _, err := w.sim.ClosePR(ctx, owner, repoName, pr.Number, false, "octocat"); err != nil {
 		t.Fatal(err)
