@@ -163,7 +163,7 @@ func (d *Deployer) Deploy(ctx context.Context, req reconciler.DeployRequest, pro
 		return reconciler.DeployResult{}, err
 	}
 	limit := d.AgentTimeout + cfg.Build.Timeout + cfg.Health.Timeout
-	steps, failed, err := d.follow(ctx, req.EnvironmentID, req.Generation, limit, func(agent []checks.Step) {
+	_, failed, err := d.follow(ctx, req.EnvironmentID, req.Generation, limit, func(agent []checks.Step) {
 		progress(append([]checks.Step{prov}, agent...))
 	}, "health")
 	if err != nil {
@@ -175,7 +175,6 @@ func (d *Deployer) Deploy(ctx context.Context, req reconciler.DeployRequest, pro
 			LogTail: d.logTail(ctx, req.EnvironmentID, req.Generation),
 		}
 	}
-	_ = steps
 	return reconciler.DeployResult{Previews: previews, LogTail: d.logTail(ctx, req.EnvironmentID, req.Generation)}, nil
 }
 
