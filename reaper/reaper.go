@@ -41,8 +41,8 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/uptrace/bun"
 
+	"github.com/stagely-dev/stagely/app"
 	"github.com/stagely-dev/stagely/provisioner"
-	"github.com/stagely-dev/stagely/reconciler"
 )
 
 // Actor is who the reaper's audit log entries name.
@@ -231,7 +231,7 @@ func (r *Reaper) wake(ctx context.Context, id int64) {
 	if r.cfg.Wake == nil {
 		return
 	}
-	if err := r.cfg.Wake.Publish(ctx, reconciler.WakeChannel, strconv.FormatInt(id, 10)); err != nil {
+	if err := r.cfg.Wake.Publish(ctx, app.WakeChannel, strconv.FormatInt(id, 10)); err != nil {
 		r.log.Warn().Err(err).Int64("environment", id).Msg("wake reconciler")
 	}
 }

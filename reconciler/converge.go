@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-github/v60/github"
 	"github.com/rs/zerolog"
 
+	"github.com/stagely-dev/stagely/app"
 	"github.com/stagely-dev/stagely/checks"
 	"github.com/stagely-dev/stagely/comments"
 	"github.com/stagely-dev/stagely/repoconfig"
@@ -153,7 +154,7 @@ func (s *session) deploy(ctx context.Context) error {
 	}
 	now := s.r.cfg.Now()
 	if d.CheckRunID == 0 {
-		id, err := s.checks().Ensure(ctx, s.env.Owner, s.env.Repo, sha, externalID(s.env.PRNumber, g), checks.Report{Status: "queued", SHA: sha, Now: now})
+		id, err := s.checks().Ensure(ctx, s.env.Owner, s.env.Repo, sha, app.ExternalID(s.env.PRNumber, g), checks.Report{Status: "queued", SHA: sha, Now: now})
 		if err != nil {
 			return fmt.Errorf("create check run for %s: %w", short(sha), err)
 		}
@@ -455,8 +456,3 @@ func short(sha string) string {
 	}
 	return sha
 }
-
-// externalID names the pull request and generation on the Check Run, so a
-// button press finds its environment even on a fork, where GitHub leaves
-// the run's pull_requests empty. It matches app.ExternalID.
-func externalID(pr int, g int64) string { return fmt.Sprintf("stagely:pr-%d:gen-%d", pr, g) }

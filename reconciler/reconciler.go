@@ -22,6 +22,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/uptrace/bun"
 
+	"github.com/stagely-dev/stagely/app"
 	"github.com/stagely-dev/stagely/checks"
 	"github.com/stagely-dev/stagely/repoconfig"
 	"github.com/stagely-dev/stagely/store"
@@ -77,9 +78,6 @@ func (e *DeployError) Error() string {
 	}
 	return s
 }
-
-// WakeChannel must match the channel the webhook handlers publish on.
-const WakeChannel = "stagely:wake"
 
 // Subscriber is the part of the shared store the reconciler listens on.
 type Subscriber interface {
@@ -160,7 +158,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		}
 	}
 	if r.cfg.Wake != nil {
-		if err := r.cfg.Wake.Subscribe(ctx, WakeChannel, func(string) { poke() }); err != nil {
+		if err := r.cfg.Wake.Subscribe(ctx, app.WakeChannel, func(string) { poke() }); err != nil {
 			r.log.Warn().Err(err).Msg("no wake-ups; polling only")
 		}
 	}

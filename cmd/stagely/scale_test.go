@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stagely-dev/stagely/app"
 	"github.com/stagely-dev/stagely/checks"
 	"github.com/stagely-dev/stagely/ghsim"
 	"github.com/stagely-dev/stagely/reconciler"
@@ -68,15 +69,13 @@ func (w *world) checkConverged(t *testing.T, prs []int) {
 				if r.Status != "completed" {
 					t.Errorf("#%d: check run %d on %s left %s", n, r.ID, d.SHA[:7], r.Status)
 				}
-				if !runs[r.ID] && r.ExternalID == externalIDOf(n, d.Generation) {
+				if !runs[r.ID] && r.ExternalID == app.ExternalID(n, d.Generation) {
 					t.Errorf("#%d: a second check run for generation %d", n, d.Generation)
 				}
 			}
 		}
 	}
 }
-
-func externalIDOf(pr int, g int64) string { return fmt.Sprintf("stagely:pr-%d:gen-%d", pr, g) }
 
 // TestTwoServersShareTheWork runs two server processes' worth of workers
 // on one Postgres and one Valkey; webhooks reach either. Every deployment
