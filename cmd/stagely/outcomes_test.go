@@ -38,9 +38,11 @@ func TestFailedDeployIsReportedWithReasonAndLog(t *testing.T) {
 		s := w.sticky(res.Number)
 		return len(s) == 1 && strings.Contains(s[0].Body, "exit code 2"), "sticky comment does not carry the failure"
 	})
-	if e := w.environment(res.Number); e.ObservedState != store.ObservedFailed {
-		t.Errorf("observed state %s, want failed", e.ObservedState)
-	}
+	// The worker records the outcome just after it posts the comment.
+	eventually(t, 2*time.Second, func() (bool, string) {
+		e := w.environment(res.Number)
+		return e.ObservedState == store.ObservedFailed, "observed state " + e.ObservedState + ", want failed"
+	})
 }
 
 func TestPushSupersedesDeployInProgress(t *testing.T) {
