@@ -81,16 +81,18 @@ func (d *Deployer) Deploy(ctx context.Context, req reconciler.DeployRequest, pro
 	d.deploys = append(d.deploys, req)
 	gate, fail := d.gate, d.fail[req.SHA]
 	d.mu.Unlock()
-	select {
-	case d.started <- req.SHA:
-	default:
-	}
 	now := time.Now()
 	steps := []checks.Step{
 		{Name: "Provision machine", State: checks.StepSucceeded, StartedAt: now, FinishedAt: now},
 		{Name: "Build and start", State: checks.StepRunning, StartedAt: now},
 	}
 	progress(steps)
+	// Signalled only once the first progress is persisted, so a test that
+	// backdates the deployment after Started is not overwritten by it.
+	select {
+	case d.started <- req.SHA:
+	default:
+	}
 	if gate != nil {
 		select {
 		case <-gate:
