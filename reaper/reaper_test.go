@@ -497,6 +497,7 @@ func TestOrphanedMachinesAreDestroyedAndLiveOnesKept(t *testing.T) {
 	             observed_state = 'destroyed', observed_generation = desired_generation + 1 WHERE id = ?`, destroyed)
 	tearingDown := env(t, db, 3, time.Hour, 0)
 	exec(t, db, `UPDATE environments SET desired_state = 'destroyed', desired_generation = desired_generation + 1 WHERE id = ?`, tearingDown)
+	creating := env(t, db, 4, time.Hour, 0)
 
 	machine := func(id string, envID int64, key string, created time.Time) provisioner.Machine {
 		return provisioner.Machine{ID: id, EnvironmentID: envID, Key: key, State: provisioner.StateRunning, Created: created}
@@ -504,7 +505,7 @@ func TestOrphanedMachinesAreDestroyedAndLiveOnesKept(t *testing.T) {
 	liveKey := agent(t, db, running, 1, "m-live", 0)
 	keep := []provisioner.Machine{
 		machine("m-live", running, liveKey, old),
-		machine("m-being-created", running, agent(t, db, running, 2, "", 0), old),
+		machine("m-being-created", creating, agent(t, db, creating, 1, "", 0), old),
 		machine("m-young", 99, provisioner.Key(99, 1), young),
 		machine("m-just-destroyed", running, agent(t, db, running, 3, "m-just-destroyed", time.Minute), old),
 		machine("m-tearing-down", tearingDown, agent(t, db, tearingDown, 1, "m-tearing-down", 0), old),
@@ -552,8 +553,8 @@ func TestOrphanedMachinesAreDestroyedAndLiveOnesKept(t *testing.T) {
 	if err := db.NewRaw(`SELECT count(*) FROM agents WHERE machine_id = 'm-of-destroyed-env' AND destroyed_at IS NULL`).Scan(ctx, &live); err != nil || live != 0 {
 		t.Errorf("the destroyed environment's row still calls its machine live (%d, %v)", live, err)
 	}
-	if err := db.NewRaw(`SELECT count(*) FROM agents WHERE environment_id = ? AND destroyed_at IS NULL`, running).Scan(ctx, &live); err != nil || live != 2 {
-		t.Errorf("%d live rows of the running environment, want 2 (%v)", live, err)
+	if err := db.NewRaw(`SELECT count(*) FROM agents WHERE environment_id = ? AND destroyed_at IS NULL`, running).Scan(ctx, &live); err != nil || live != 1 {
+		t.Errorf("%d live rows of the running environment, want 1 (%v)", live, err)
 	}
 }
 

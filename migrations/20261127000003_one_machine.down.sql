@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS idx_agents_environment_id_live;
