@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"os"
 	"time"
 
 	"github.com/stagely-dev/stagely/agent/protocol"
@@ -28,6 +30,10 @@ type Agent struct {
 	// OnDeployment, if set, is told each deployment as it arrives, before
 	// it is applied: the tunnel uses it to map hostnames to services.
 	OnDeployment func(*protocol.Deployment)
+	// SourceRetryFor is how long fetching a deployment's source is retried
+	// while the server cannot be reached or the stream breaks off; zero
+	// means 10 minutes.
+	SourceRetryFor time.Duration
 }
 
 // Run serves deployments until ctx ends (it then returns nil) or the
@@ -87,7 +93,7 @@ func (a *Agent) apply(ctx context.Context, d *protocol.Deployment, follow *follo
 		}
 		return
 	}
-	src, err := a.Client.Source(ctx, protocol.SourceRequest{EnvironmentID: d.EnvironmentID, Generation: d.Generation})
+	src, info, err := a.fetchSource(ctx, d)
 	if err != nil {
 		now := time.Now()
 		rep.Step(protocol.StepReport{EnvironmentID: d.EnvironmentID, Generation: d.Generation, Name: StepSource,
@@ -95,8 +101,9 @@ func (a *Agent) apply(ctx context.Context, d *protocol.Deployment, follow *follo
 		a.Logf("environment %s, generation %d: fetch source: %v", d.EnvironmentID, d.Generation, err)
 		return
 	}
-	_, err = a.Engine.Deploy(ctx, *d, Source{Body: src, StripTopLevel: src.Info.StripTopLevel}, rep)
+	_, err = a.Engine.Deploy(ctx, *d, Source{Body: src, StripTopLevel: info.StripTopLevel}, rep)
 	src.Close()
+	os.Remove(src.Name())
 	if err != nil {
 		a.Logf("%v", err)
 		if errors.Is(err, ErrInvalidDeployment) {
@@ -147,4 +154,81 @@ func jitter(n int64) int64 {
 		return 0
 	}
 	return rand.Int64N(n)
+}
+
+// fetchSource downloads the deployment's source archive into a file in the
+// work directory and returns it open at its start.
+//
+// The whole archive, its checksum verified, is in hand before unpacking
+// begins, so a server that restarts or a tunnel that drops in the middle
+// of the stream costs a retry, not a failed deploy: what breaks off is
+// fetched again, with backoff, for up to SourceRetryFor. Only the server's
+// definite answers (no such deployment, not this agent's, malformed) and
+// an archive over the size limit fail at once.
+func (a *Agent) fetchSource(ctx context.Context, d *protocol.Deployment) (*os.File, protocol.SourceInfo, error) {
+	retryFor := a.SourceRetryFor
+	if retryFor <= 0 {
+		retryFor = 10 * time.Minute
+	}
+	lim := a.Engine.cfg.SourceLimits
+	// Compressed, the archive is no larger than its files plus a header
+	// and padding (under 1 KiB) per entry.
+	max := lim.MaxBytes + int64(lim.MaxEntries)<<10 + 1<<20
+	deadline := time.Now().Add(retryFor)
+	b := newBackoff()
+	for {
+		f, info, err := a.spoolSource(ctx, d, max)
+		if err == nil {
+			return f, info, nil
+		}
+		if ctx.Err() != nil || !retryableSource(err) || time.Now().After(deadline) {
+			return nil, info, err
+		}
+		a.Logf("environment %s, generation %d: fetch source: %v; retrying", d.EnvironmentID, d.Generation, err)
+		if !b.wait(ctx) {
+			return nil, info, ctx.Err()
+		}
+	}
+}
+
+// errSourceTooLarge: the archive is over the limit; fetching it again
+// will not help.
+var errSourceTooLarge = errors.New("source archive over the size limit")
+
+func retryableSource(err error) bool {
+	for _, permanent := range []error{protocol.ErrNotFound, protocol.ErrBadRequest, protocol.ErrUnauthorized,
+		protocol.ErrTokenUsed, errSourceTooLarge} {
+		if errors.Is(err, permanent) {
+			return false
+		}
+	}
+	return true
+}
+
+func (a *Agent) spoolSource(ctx context.Context, d *protocol.Deployment, max int64) (*os.File, protocol.SourceInfo, error) {
+	src, err := a.Client.Source(ctx, protocol.SourceRequest{EnvironmentID: d.EnvironmentID, Generation: d.Generation})
+	if err != nil {
+		return nil, protocol.SourceInfo{}, err
+	}
+	defer src.Close()
+	f, err := os.CreateTemp(a.Engine.cfg.WorkDir, "source-*.tar")
+	if err != nil {
+		return nil, src.Info, fmt.Errorf("spool source: %w", err)
+	}
+	fail := func(err error) (*os.File, protocol.SourceInfo, error) {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, src.Info, err
+	}
+	n, err := io.Copy(f, io.LimitReader(src, max+1))
+	switch {
+	case err != nil:
+		return fail(err)
+	case n > max:
+		return fail(fmt.Errorf("%w (%d bytes)", errSourceTooLarge, max))
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return fail(fmt.Errorf("spool source: %w", err))
+	}
+	return f, src.Info, nil
 }
