@@ -165,10 +165,15 @@ func writeApp(tb testing.TB, dir, message string, o appOptions) {
 // the commit's time.
 func tarball(tb testing.TB, dir string, extra ...*tar.Header) []byte {
 	tb.Helper()
+	return tarballAt(tb, dir, time.Now().Truncate(time.Second), extra...)
+}
+
+// tarballAt is tarball for a commit made at the given time.
+func tarballAt(tb testing.TB, dir string, commit time.Time, extra ...*tar.Header) []byte {
+	tb.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	top := "stagely-dev-stageapp-0123abc/"
-	commit := time.Now().Truncate(time.Second)
 	must := func(err error) {
 		if err != nil {
 			tb.Fatal(err)

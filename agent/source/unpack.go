@@ -37,9 +37,14 @@ type Options struct {
 	StripTopLevel bool
 	// Previous, if set, is the tree of the previous deploy. A file whose
 	// mode and content are the same there keeps that tree's modification
-	// time instead of the archive's: GitHub stamps every file with the
-	// commit's time, and the build context's differ would otherwise send
-	// every file again on every redeploy.
+	// time, so the build context's differ sends only what changed.
+	//
+	// Every other file is stamped with the time it was written, not the
+	// archive's: GitHub stamps every file with the commit's time, in whole
+	// seconds, and Docker's build context transfer takes a file of the same
+	// path, size and modification time as one it already holds to be
+	// unchanged. Two commits made in the same second (or two environments
+	// building on one engine) would otherwise build the other's bytes.
 	Previous string
 }
 
@@ -240,13 +245,13 @@ func (u *unpacker) file(hdr *tar.Header, name string, tr *tar.Reader) error {
 	if err != nil {
 		return fmt.Errorf("source: entry %q: %w", hdr.Name, err)
 	}
-	mtime := hdr.ModTime
-	if same {
+	// Set explicitly: the time a write leaves is the kernel's coarse clock,
+	// shared by every file written within a few milliseconds.
+	mtime := time.Now()
+	if same && !oldTime.IsZero() {
 		mtime = oldTime
 	}
-	if !mtime.IsZero() {
-		_ = u.root.Chtimes(name, mtime, mtime)
-	}
+	_ = u.root.Chtimes(name, mtime, mtime)
 	u.kinds[name] = kindFile
 	u.stats.Files++
 	return nil

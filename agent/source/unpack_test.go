@@ -101,8 +101,8 @@ func TestUnpackStripsGitHubWrappingAndKeepsTheTree(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !fi.ModTime().Equal(mtime) {
-				t.Fatalf("mtime %v, want the archive's %v", fi.ModTime(), mtime)
+			if fi.ModTime().Equal(mtime) {
+				t.Fatalf("mtime is the archive's %v: another tree's file of that size would pass for it", mtime)
 			}
 			if _, err := os.Stat(filepath.Join(dst, "pax_global_header")); !os.IsNotExist(err) {
 				t.Fatal("pax_global_header was written as a file")
@@ -193,5 +193,47 @@ func TestUnpackStopsWhenCancelled(t *testing.T) {
 	_, err := source.Unpack(ctx, bytes.NewReader(archive(t, file("a", "x"))), t.TempDir(), source.Options{})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+}
+
+// TestUnpackNeverLeavesTwoDifferentFilesLookingAlike: the build context's
+// differ takes a file of the same path, size and modification time as the
+// one it holds to be unchanged. Whatever the archives' times, two trees
+// hold a file alike in all three only when its bytes are the same.
+func TestUnpackNeverLeavesTwoDifferentFilesLookingAlike(t *testing.T) {
+	unpack := func(prev string, entries ...entry) string {
+		t.Helper()
+		dst := filepath.Join(t.TempDir(), "src")
+		if _, err := source.Unpack(context.Background(), bytes.NewReader(archive(t, github(entries...)...)), dst,
+			source.Options{Limits: source.DefaultLimits(), StripTopLevel: true, Previous: prev}); err != nil {
+			t.Fatal(err)
+		}
+		return dst
+	}
+	stat := func(dir, name string) os.FileInfo {
+		t.Helper()
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi
+	}
+	// Every archive below carries the same time, as two commits made in
+	// the same second do.
+	first := unpack("", file("message.txt", "commit one"), file("app", "unchanged"))
+	second := unpack(first, file("message.txt", "commit two"), file("app", "unchanged"))
+	other := unpack("", file("message.txt", "commit six"), file("app", "unchanged"))
+
+	for _, dir := range []string{second, other} {
+		a, b := stat(first, "message.txt"), stat(dir, "message.txt")
+		if a.Size() == b.Size() && a.ModTime().Equal(b.ModTime()) {
+			t.Errorf("%s and %s hold different message.txt with the same size and time %v", first, dir, a.ModTime())
+		}
+	}
+	if a, b := stat(first, "app"), stat(second, "app"); !a.ModTime().Equal(b.ModTime()) {
+		t.Errorf("an unchanged file got a new time (%v, was %v): the differ would send it again", b.ModTime(), a.ModTime())
+	}
+	if got, _ := os.ReadFile(filepath.Join(second, "message.txt")); string(got) != "commit two" {
+		t.Errorf("second tree's message.txt = %q", got)
 	}
 }
