@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/uptrace/bun"
 
@@ -44,11 +45,20 @@ SELECT a.id, a.environment_id, e.hash, coalesce(a.token_hash = $1, false) FROM a
 	if !exchanged {
 		return ident, nil
 	}
+	ident.Hostnames, err = a.hosts(ctx, env, hash)
+	return ident, err
+}
+
+// hosts returns the hostnames of environment env's previews: its primary
+// host and those of its latest deployment.
+func (a *TunnelAuth) hosts(ctx context.Context, env int64, hash string) ([]string, error) {
 	hosts := map[string]bool{a.PrimaryHost(hash): true}
 	var spec []byte
-	if err := a.DB.DB.QueryRowContext(ctx, `
+	err := a.DB.DB.QueryRowContext(ctx, `
 SELECT agent_spec FROM deployments WHERE environment_id = $1 AND agent_spec IS NOT NULL ORDER BY generation DESC LIMIT 1`,
-		env).Scan(&spec); err == nil {
+		env).Scan(&spec)
+	switch {
+	case err == nil:
 		var d protocol.Deployment
 		if json.Unmarshal(spec, &d) == nil {
 			for _, p := range d.Previews {
@@ -57,9 +67,65 @@ SELECT agent_spec FROM deployments WHERE environment_id = $1 AND agent_spec IS N
 				}
 			}
 		}
+	case !errors.Is(err, sql.ErrNoRows):
+		return nil, fmt.Errorf("previews of environment %d: %w", env, err)
 	}
+	out := make([]string, 0, len(hosts))
 	for h := range hosts {
-		ident.Hostnames = append(ident.Hostnames, h)
+		out = append(out, h)
 	}
-	return ident, nil
+	return out, nil
+}
+
+// HostTable is the part of the proxy's route table that PrimeRoutes
+// writes.
+type HostTable interface {
+	PutHost(ctx context.Context, host, environment, agent string, ttl time.Duration) error
+}
+
+// PrimeRoutes puts into routes the hostnames of every environment that
+// wants to run and has an enrolled machine. A route table kept in memory
+// (single-node mode) starts empty: without this, after a restart every
+// preview would answer "no preview here" (404) until its agent
+// reconnected; primed, it answers "not reachable right now" (502), which
+// is the truth. The entries last until the environment's destroy deletes
+// them; an agent's reconnect refreshes them.
+func (a *TunnelAuth) PrimeRoutes(ctx context.Context, routes HostTable) (int, error) {
+	rows, err := a.DB.DB.QueryContext(ctx, `
+SELECT a.id, a.environment_id, e.hash FROM agents a JOIN environments e ON e.id = a.environment_id
+ WHERE a.destroyed_at IS NULL AND a.token_hash IS NOT NULL AND e.desired_state = 'running'`)
+	if err != nil {
+		return 0, fmt.Errorf("prime routes: %w", err)
+	}
+	type live struct {
+		agent, env int64
+		hash       string
+	}
+	var ls []live
+	for rows.Next() {
+		var l live
+		if err := rows.Scan(&l.agent, &l.env, &l.hash); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("prime routes: %w", err)
+		}
+		ls = append(ls, l)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("prime routes: %w", err)
+	}
+	n := 0
+	for _, l := range ls {
+		hosts, err := a.hosts(ctx, l.env, l.hash)
+		if err != nil {
+			return n, fmt.Errorf("prime routes: %w", err)
+		}
+		for _, h := range hosts {
+			if err := routes.PutHost(ctx, h, strconv.FormatInt(l.env, 10), strconv.FormatInt(l.agent, 10), 0); err != nil {
+				return n, fmt.Errorf("prime route %s: %w", h, err)
+			}
+			n++
+		}
+	}
+	return n, nil
 }

@@ -98,10 +98,11 @@ func startLocalFleet(ctx context.Context, fc fleetConfig, webhookSecret string, 
 	handler := &fleet.Handler{DB: db, Bus: shared, Tarballs: fleet.GitHubTarballs{Clients: clients}}
 	control := &protocol.Server{Handler: handler, MaxWait: 25 * time.Second}
 	primary := func(hash string) string { return hash + "." + fc.previewDomain }
+	auth := &fleet.TunnelAuth{DB: db, PrimaryHost: primary}
 	px, err := proxy.New(proxy.Config{
 		PreviewDomain: fc.previewDomain,
 		TunnelTLS:     tunnelTLS,
-		Authenticator: &fleet.TunnelAuth{DB: db, PrimaryHost: primary},
+		Authenticator: auth,
 		Control: tunnel.ControlHandlerFunc(func(ctx context.Context, id tunnel.Identity, channel string, conn net.Conn) {
 			if channel != controlChannel {
 				conn.Close()
@@ -115,6 +116,12 @@ func startLocalFleet(ctx context.Context, fc fleetConfig, webhookSecret string, 
 	})
 	if err != nil {
 		return nil, nil, err
+	}
+	if n, err := auth.PrimeRoutes(ctx, px.Routes()); err != nil {
+		px.Close()
+		return nil, nil, err
+	} else if n > 0 {
+		log.Info().Int("hosts", n).Msg("routes of running previews restored; each is live again when its agent reconnects")
 	}
 	tln, err := net.Listen("tcp", fc.tunnelAddr)
 	if err != nil {
