@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stagely-dev/stagely/checks"
+	"github.com/stagely-dev/stagely/reconciler"
 	"github.com/stagely-dev/stagely/reconciler/reconcilertest"
 )
 
@@ -39,7 +41,11 @@ func TestMain(m *testing.M) {
 		if delay, err := time.ParseDuration(os.Getenv("STAGELY_E2E_DELAY")); err == nil {
 			d.Delay = delay
 		}
-		cmd := serverCommandWith(os.Stderr, serverDeps{deployer: d, listening: func(a string) { fmt.Println("LISTENING", a) }})
+		var deployer reconciler.Deployer = d
+		if f := os.Getenv("STAGELY_E2E_DEPLOY_LOG"); f != "" {
+			deployer = &loggingDeployer{Deployer: d, file: f}
+		}
+		cmd := serverCommandWith(os.Stderr, serverDeps{deployer: deployer, listening: func(a string) { fmt.Println("LISTENING", a) }})
 		if err := cmd.ParseAndRun(context.Background(), nil); err != nil {
 			fmt.Fprintln(os.Stderr, "child server:", err)
 			os.Exit(2)
@@ -99,11 +105,35 @@ func (w *world) childWith(workers int, block bool, env ...string) *exec.Cmd {
 	}()
 	select {
 	case a := <-addr:
+		w.addr = a
 		w.sim.SetWebhookURL("http://" + a + "/api/github/hook")
 	case <-time.After(30 * time.Second):
 		w.t.Fatalf("child server did not start; logs:\n%s", w.logs.String())
 	}
 	return cmd
+}
+
+// loggingDeployer appends "environment@generation/pid" to a file shared by
+// every server process of a test at the start of each deploy: O_APPEND
+// writes this short do not interleave.
+type loggingDeployer struct {
+	*reconcilertest.Deployer
+	file string
+}
+
+func (l *loggingDeployer) Deploy(ctx context.Context, req reconciler.DeployRequest, progress func([]checks.Step)) (reconciler.DeployResult, error) {
+	f, err := os.OpenFile(l.file, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return reconciler.DeployResult{}, err
+	}
+	_, err = fmt.Fprintf(f, "%d@%d/%d\n", req.EnvironmentID, req.Generation, os.Getpid())
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return reconciler.DeployResult{}, err
+	}
+	return l.Deployer.Deploy(ctx, req, progress)
 }
 
 // redeliverFailed redelivers every delivery the server did not accept.

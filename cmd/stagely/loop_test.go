@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -60,6 +61,7 @@ func TestWholeLoopOnTheLocalProvider(t *testing.T) {
 	cfg := w.config(2)
 	cfg.fleet = fleetConfig{provider: "local", dataDir: loopDataDir(t), previewDomain: "preview.localhost",
 		proxyAddr: "127.0.0.1:0", tunnelAddr: "127.0.0.1:0"}
+	t.Cleanup(func() { sweepLeftovers(t, w, filepath.Join(cfg.fleet.dataDir, "machines")) })
 	stop := w.serveConfig(cfg)
 	defer stop()
 
@@ -177,6 +179,7 @@ func TestAgentsSurviveAServerRestart(t *testing.T) {
 	cfg := w.config(2)
 	cfg.fleet = fleetConfig{provider: "local", dataDir: loopDataDir(t), previewDomain: "preview.localhost",
 		proxyAddr: freeAddr(t), tunnelAddr: freeAddr(t)}
+	t.Cleanup(func() { sweepLeftovers(t, w, filepath.Join(cfg.fleet.dataDir, "machines")) })
 	stop := w.serveConfig(cfg)
 	pr := w.openPR("feature")
 	run := w.completed(pr.SHA, "success", 4*time.Minute)
@@ -184,6 +187,12 @@ func TestAgentsSurviveAServerRestart(t *testing.T) {
 
 	stop = w.serveConfig(cfg)
 	defer stop()
+	// The agent reconnects on its own and the preview is served again,
+	// before anything is redeployed.
+	eventually(t, 40*time.Second, func() (bool, string) {
+		code, body := get(t, run.DetailsURL)
+		return code == 200 && strings.Contains(body, "before the restart"), fmt.Sprintf("%d %s", code, body)
+	})
 	push, err := w.sim.PushToPR(ctx, ghsim.PushSpec{Owner: owner, Repo: repoName, Number: pr.Number,
 		Files: map[string]string{"backend/message.txt": "after the restart\n"}})
 	if err != nil {

@@ -4,33 +4,16 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"sync"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stagely-dev/stagely/app"
-	"github.com/stagely-dev/stagely/checks"
 	"github.com/stagely-dev/stagely/ghsim"
-	"github.com/stagely-dev/stagely/reconciler"
-	"github.com/stagely-dev/stagely/reconciler/reconcilertest"
 	"github.com/stagely-dev/stagely/store"
 )
-
-// countingDeployer counts deploys per environment and generation, across
-// every server it is shared by.
-type countingDeployer struct {
-	*reconcilertest.Deployer
-	mu    sync.Mutex
-	count map[string]int
-}
-
-func (c *countingDeployer) Deploy(ctx context.Context, req reconciler.DeployRequest, progress func([]checks.Step)) (reconciler.DeployResult, error) {
-	c.mu.Lock()
-	c.count[fmt.Sprintf("%d@%d", req.EnvironmentID, req.Generation)]++
-	c.mu.Unlock()
-	time.Sleep(time.Duration(rand.IntN(50)) * time.Millisecond)
-	return c.Deployer.Deploy(ctx, req, progress)
-}
 
 // checkConverged asserts that every environment reached its desired state
 // and that no step was done twice: one sticky comment per pull request,
@@ -77,15 +60,18 @@ func (w *world) checkConverged(t *testing.T, prs []int) {
 	}
 }
 
-// TestTwoServersShareTheWork runs two server processes' worth of workers
-// on one Postgres and one Valkey; webhooks reach either. Every deployment
-// happens exactly once and nothing is reported twice.
+// TestTwoServersShareTheWork runs two server processes on one Postgres
+// and one Valkey; webhooks reach either. Every deployment happens exactly
+// once (each process logs its deploys to one shared file) and nothing is
+// reported twice.
 func TestTwoServersShareTheWork(t *testing.T) {
 	w := newWorld(t, nil)
-	w.valkey = valkeyURL()
-	d := &countingDeployer{Deployer: reconcilertest.New(), count: map[string]int{}}
-	addrA := w.serveAt(d, 4)
-	addrB := w.serveAt(d, 4)
+	deploys := filepath.Join(t.TempDir(), "deploys")
+	env := []string{"STAGELY_VALKEY_URL=" + valkeyURL(), "STAGELY_E2E_DELAY=50ms", "STAGELY_E2E_DEPLOY_LOG=" + deploys}
+	w.childWith(4, false, env...)
+	addrA := w.addr
+	w.childWith(4, false, env...)
+	addrB := w.addr
 	ctx := context.Background()
 
 	var prs []int
@@ -118,15 +104,26 @@ func TestTwoServersShareTheWork(t *testing.T) {
 		return true, ""
 	})
 	w.checkConverged(t, prs)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if len(d.count) < len(prs)*2-3 {
-		t.Errorf("only %d generations deployed for %d pull requests opened and pushed", len(d.count), len(prs))
+	b, err := os.ReadFile(deploys)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for k, n := range d.count {
+	count, pids := map[string]int{}, map[string]bool{}
+	for _, line := range strings.Fields(string(b)) {
+		gen, pid, _ := strings.Cut(line, "/")
+		count[gen]++
+		pids[pid] = true
+	}
+	if len(count) < len(prs)*2-3 {
+		t.Errorf("only %d generations deployed for %d pull requests opened and pushed", len(count), len(prs))
+	}
+	for k, n := range count {
 		if n != 1 {
 			t.Errorf("generation %s deployed %d times", k, n)
 		}
+	}
+	if len(pids) != 2 {
+		t.Errorf("deploys done by %d processes, want both", len(pids))
 	}
 }
 
