@@ -110,20 +110,6 @@ func (w *world) serve(d reconciler.Deployer, workers int) func() {
 	return w.start(w.config(workers), d)
 }
 
-// serveAt starts one more server without pointing webhooks at it, and
-// returns its address.
-func (w *world) serveAt(d reconciler.Deployer, workers int) string {
-	w.t.Helper()
-	prev := w.addr
-	w.start(w.config(workers), d)
-	addr := w.addr
-	if prev != "" {
-		w.sim.SetWebhookURL("http://" + prev + "/api/github/hook")
-		w.addr = prev
-	}
-	return addr
-}
-
 // serveConfig starts a server with cfg and its own deployer (cfg.fleet).
 func (w *world) serveConfig(cfg serverConfig) func() {
 	w.t.Helper()
