@@ -26,15 +26,13 @@ func (s *Sim) serveCodeload(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	link := s.st.archives[r.URL.Query().Get("token")]
 	now := s.now()
-	var data []byte
 	var name string
-	var err error
+	var cm *commit
 	valid := link != nil && now.Before(link.expiresAt) &&
 		strings.HasPrefix(r.URL.Path, codeloadPrefix+link.repo.fullName()+"/legacy.tar.gz/"+link.sha)
 	if valid {
-		cm := link.repo.commits[link.sha]
+		cm = link.repo.commits[link.sha]
 		name = fmt.Sprintf("%s-%s-%s", link.repo.owner.login, link.repo.name, link.sha[:7])
-		data, err = buildTarball(name, cm)
 	}
 	s.mu.Unlock()
 
@@ -43,6 +41,9 @@ func (s *Sim) serveCodeload(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
+	// A commit never changes once made: it is packed without the lock, so
+	// a large tree does not hold up every other call to the simulator.
+	data, err := buildTarball(name, cm)
 	if err != nil {
 		http.Error(w, "ghsim: "+err.Error(), http.StatusInternalServerError)
 		return
