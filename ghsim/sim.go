@@ -71,6 +71,10 @@ type Sim struct {
 	faults     []*fault
 	rate       map[string]*rateBucket
 	deliveries []*Delivery
+
+	// packed keeps the last tarballs built: a commit's archive never
+	// changes, and agents retrying a deploy ask for the same one again.
+	packed tarballCache
 }
 
 // New builds a Sim: it loads the embedded spec and webhook schemas and, if

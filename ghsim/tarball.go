@@ -9,6 +9,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // codeloadPrefix is where tarball downloads are served, standing in for
@@ -43,7 +44,7 @@ func (s *Sim) serveCodeload(w http.ResponseWriter, r *http.Request) {
 	}
 	// A commit never changes once made: it is packed without the lock, so
 	// a large tree does not hold up every other call to the simulator.
-	data, err := buildTarball(name, cm)
+	data, err := s.packed.get(name+"@"+cm.sha, func() ([]byte, error) { return buildTarball(name, cm) })
 	if err != nil {
 		http.Error(w, "ghsim: "+err.Error(), http.StatusInternalServerError)
 		return
@@ -54,9 +55,47 @@ func (s *Sim) serveCodeload(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(data)
 }
 
+// tarballCache holds the most recently built archives, by name and sha.
+type tarballCache struct {
+	mu    sync.Mutex
+	data  map[string][]byte
+	order []string
+}
+
+const tarballCacheSize = 16
+
+func (c *tarballCache) get(key string, build func() ([]byte, error)) ([]byte, error) {
+	c.mu.Lock()
+	b, ok := c.data[key]
+	c.mu.Unlock()
+	if ok {
+		return b, nil
+	}
+	b, err := build()
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.data == nil {
+		c.data = map[string][]byte{}
+	}
+	if _, ok := c.data[key]; !ok {
+		c.data[key] = b
+		c.order = append(c.order, key)
+		if len(c.order) > tarballCacheSize {
+			delete(c.data, c.order[0])
+			c.order = c.order[1:]
+		}
+	}
+	return b, nil
+}
+
 func buildTarball(top string, cm *commit) ([]byte, error) {
 	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
+	// Fastest compression: the simulator serves the same archives over
+	// and over in tests, and the level is invisible to a client.
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
 	tw := tar.NewWriter(zw)
 	if err := tw.WriteHeader(&tar.Header{
 		Typeflag:   tar.TypeXGlobalHeader,
