@@ -110,6 +110,36 @@ func (s *server) waitFor(t *testing.T, what string, timeout time.Duration, cond 
 	}
 }
 
+type pipeKey struct{}
+
+// runAgent runs an Agent deploying with e for the in-memory server h, over
+// pipes, until the test ends. Each call's context on the server's side
+// carries its pipe (pipeKey), so a handler can cut the connection.
+func runAgent(t *testing.T, e *agent.Engine, h protocol.Handler) {
+	ps := &protocol.Server{Handler: h}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	client := &protocol.Client{Token: "agent-token", Dial: func(context.Context) (io.ReadWriteCloser, error) {
+		a, b := net.Pipe()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ps.ServeStream(context.WithValue(ctx, pipeKey{}, b), b)
+		}()
+		return a, nil
+	}}
+	a := &agent.Agent{Engine: e, Client: client, PollWait: 2 * time.Second, Logf: t.Logf}
+	runDone := make(chan error, 1)
+	go func() { runDone <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-runDone; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		wg.Wait()
+	})
+}
+
 func stepDone(steps []protocol.StepReport, gen int64, name string) (protocol.StepReport, bool) {
 	for _, s := range steps {
 		if s.Generation == gen && s.Name == name && s.State != protocol.StepRunning {
@@ -128,28 +158,7 @@ func TestAgentRunDeploysFromTheServerAndNeverShipsASecretUnmasked(t *testing.T) 
 	secret := "sk-" + hex.EncodeToString(b)
 
 	srv := newServer()
-	ps := &protocol.Server{Handler: srv}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	client := &protocol.Client{Token: "agent-token", Dial: func(context.Context) (io.ReadWriteCloser, error) {
-		a, b := net.Pipe()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ps.ServeStream(ctx, b)
-		}()
-		return a, nil
-	}}
-	a := &agent.Agent{Engine: e, Client: client, PollWait: 2 * time.Second, Logf: t.Logf}
-	runDone := make(chan error, 1)
-	go func() { runDone <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-runDone; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		wg.Wait()
-	}()
+	runAgent(t, e, srv)
 
 	dir := t.TempDir()
 	writeApp(t, dir, "hello", appOptions{})

@@ -15,8 +15,6 @@ import (
 	"github.com/stagely-dev/stagely/agent/protocol"
 )
 
-type pipeKey struct{}
-
 // flakySource is the in-memory server whose source streams break off:
 // the first cuts calls get half the archive and then lose their
 // connection, as when the server is killed mid-stream; or the calls fail
@@ -76,26 +74,7 @@ func TestSourceIsFetchedAgainWhenItsStreamBreaksOff(t *testing.T) {
 			}
 			env := uniqueEnv(t, d, "src")
 			srv := &flakySource{server: newServer(), cuts: tc.cuts, fail: tc.fail}
-			ps := &protocol.Server{Handler: srv}
-			ctx, cancel := context.WithCancel(context.Background())
-			var wg sync.WaitGroup
-			client := &protocol.Client{Token: "agent-token", Dial: func(context.Context) (io.ReadWriteCloser, error) {
-				a, b := net.Pipe()
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					ps.ServeStream(context.WithValue(ctx, pipeKey{}, b), b)
-				}()
-				return a, nil
-			}}
-			a := &agent.Agent{Engine: e, Client: client, PollWait: 2 * time.Second, Logf: t.Logf}
-			runDone := make(chan error, 1)
-			go func() { runDone <- a.Run(ctx) }()
-			defer func() {
-				cancel()
-				<-runDone
-				wg.Wait()
-			}()
+			runAgent(t, e, srv)
 
 			// No compose file: the deploy stops at the step after the
 			// source, quickly and for a reason of its own.

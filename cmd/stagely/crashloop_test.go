@@ -253,15 +253,12 @@ func TestCrashesLeakNoMachine(t *testing.T) {
 	defer dc.Close()
 	for _, n := range prs {
 		project := agent.ProjectName(idString(w.environment(n).ID))
-		byProject := filters.NewArgs(filters.Arg("label", "com.docker.compose.project="+project))
-		cs, err1 := dc.ContainerList(ctx, container.ListOptions{All: true, Filters: byProject})
-		ns, err2 := dc.NetworkList(ctx, network.ListOptions{Filters: byProject})
-		vs, err3 := dc.VolumeList(ctx, volume.ListOptions{Filters: byProject})
-		if err1 != nil || err2 != nil || err3 != nil {
-			t.Fatal(err1, err2, err3)
+		left, err := projectLeft(ctx, dc, project)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if len(cs)+len(ns)+len(vs.Volumes) != 0 {
-			t.Errorf("#%d (%s) left %d containers, %d networks, %d volumes", n, project, len(cs), len(ns), len(vs.Volumes))
+		if left != "" {
+			t.Errorf("#%d (%s) left %s", n, project, left)
 		}
 	}
 	kill(t, child)

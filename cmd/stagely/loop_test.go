@@ -149,12 +149,31 @@ func TestWholeLoopOnTheLocalProvider(t *testing.T) {
 		code, _ := get(t, run.DetailsURL)
 		return code == http.StatusNotFound, fmt.Sprintf("preview answers %d, want 404", code)
 	})
-	cs, _ = dc.ContainerList(ctx, container.ListOptions{All: true, Filters: byProject})
-	ns, _ := dc.NetworkList(ctx, network.ListOptions{Filters: byProject})
-	vs, _ := dc.VolumeList(ctx, volume.ListOptions{Filters: byProject})
-	if len(cs)+len(ns)+len(vs.Volumes) != 0 {
-		t.Errorf("left after destroy: %d containers, %d networks, %d volumes", len(cs), len(ns), len(vs.Volumes))
+	if left, err := projectLeft(ctx, dc, project); err != nil || left != "" {
+		t.Errorf("left after destroy: %s (%v)", left, err)
 	}
+}
+
+// projectLeft says what Docker still holds of a compose project: "" when
+// nothing.
+func projectLeft(ctx context.Context, dc *client.Client, project string) (string, error) {
+	byProject := filters.NewArgs(filters.Arg("label", "com.docker.compose.project="+project))
+	cs, err := dc.ContainerList(ctx, container.ListOptions{All: true, Filters: byProject})
+	if err != nil {
+		return "", err
+	}
+	ns, err := dc.NetworkList(ctx, network.ListOptions{Filters: byProject})
+	if err != nil {
+		return "", err
+	}
+	vs, err := dc.VolumeList(ctx, volume.ListOptions{Filters: byProject})
+	if err != nil {
+		return "", err
+	}
+	if len(cs)+len(ns)+len(vs.Volumes) == 0 {
+		return "", nil
+	}
+	return fmt.Sprintf("%d containers, %d networks, %d volumes", len(cs), len(ns), len(vs.Volumes)), nil
 }
 
 // loopDataDir is the server's data directory; STAGELY_TEST_KEEP_DATA keeps
