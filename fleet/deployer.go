@@ -211,17 +211,9 @@ type stepRow struct {
 // follow reports the agent's steps for (env, gen) through fn until the
 // step named last succeeds, any step fails, or limit passes without one.
 func (d *Deployer) follow(ctx context.Context, env, gen int64, limit time.Duration, fn func([]checks.Step), last string) ([]checks.Step, *stepRow, error) {
-	wake := make(chan struct{}, 1)
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if d.Bus != nil {
-		_ = d.Bus.Subscribe(sctx, stepChannel(env), func(string) {
-			select {
-			case wake <- struct{}{}:
-			default:
-			}
-		})
-	}
+	wake := wakeOn(sctx, d.Bus, stepChannel(env))
 	every := d.Recheck
 	if every <= 0 {
 		every = 500 * time.Millisecond

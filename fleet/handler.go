@@ -31,6 +31,22 @@ type Bus interface {
 	Subscribe(ctx context.Context, channel string, fn func(msg string)) error
 }
 
+// wakeOn returns a channel that receives (without queueing more than one)
+// whenever something is published on channel, until ctx ends. With no bus
+// it never receives: the caller's polling alone finds the change.
+func wakeOn(ctx context.Context, bus Bus, channel string) <-chan struct{} {
+	wake := make(chan struct{}, 1)
+	if bus != nil {
+		_ = bus.Subscribe(ctx, channel, func(string) {
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		})
+	}
+	return wake
+}
+
 // Handler answers agents' control calls from Postgres.
 type Handler struct {
 	DB       *bun.DB
@@ -104,17 +120,9 @@ func (h *Handler) Poll(ctx context.Context, id protocol.Identity, after int64) (
 	if err != nil {
 		return nil, err
 	}
-	wake := make(chan struct{}, 1)
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if h.Bus != nil {
-		_ = h.Bus.Subscribe(sctx, agentChannel(env), func(string) {
-			select {
-			case wake <- struct{}{}:
-			default:
-			}
-		})
-	}
+	wake := wakeOn(sctx, h.Bus, agentChannel(env))
 	every := h.Recheck
 	if every <= 0 {
 		every = time.Second

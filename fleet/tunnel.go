@@ -45,36 +45,35 @@ SELECT a.id, a.environment_id, e.hash, coalesce(a.token_hash = $1, false) FROM a
 	if !exchanged {
 		return ident, nil
 	}
-	ident.Hostnames, err = a.hosts(ctx, env, hash)
-	return ident, err
-}
-
-// hosts returns the hostnames of environment env's previews: its primary
-// host and those of its latest deployment.
-func (a *TunnelAuth) hosts(ctx context.Context, env int64, hash string) ([]string, error) {
-	hosts := map[string]bool{a.PrimaryHost(hash): true}
 	var spec []byte
-	err := a.DB.DB.QueryRowContext(ctx, `
+	err = a.DB.DB.QueryRowContext(ctx, `
 SELECT agent_spec FROM deployments WHERE environment_id = $1 AND agent_spec IS NOT NULL ORDER BY generation DESC LIMIT 1`,
 		env).Scan(&spec)
-	switch {
-	case err == nil:
-		var d protocol.Deployment
-		if json.Unmarshal(spec, &d) == nil {
-			for _, p := range d.Previews {
-				if p.Host != "" {
-					hosts[p.Host] = true
-				}
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return tunnel.Identity{}, fmt.Errorf("previews of environment %d: %w", env, err)
+	}
+	ident.Hostnames = a.hosts(hash, spec)
+	return ident, nil
+}
+
+// hosts returns an environment's preview hostnames: its primary host and
+// those of spec, its latest deployment as handed to the agent (nil if
+// none).
+func (a *TunnelAuth) hosts(hash string, spec []byte) []string {
+	hosts := map[string]bool{a.PrimaryHost(hash): true}
+	var d protocol.Deployment
+	if spec != nil && json.Unmarshal(spec, &d) == nil {
+		for _, p := range d.Previews {
+			if p.Host != "" {
+				hosts[p.Host] = true
 			}
 		}
-	case !errors.Is(err, sql.ErrNoRows):
-		return nil, fmt.Errorf("previews of environment %d: %w", env, err)
 	}
 	out := make([]string, 0, len(hosts))
 	for h := range hosts {
 		out = append(out, h)
 	}
-	return out, nil
+	return out
 }
 
 // HostTable is the part of the proxy's route table that PrimeRoutes
@@ -92,40 +91,31 @@ type HostTable interface {
 // them; an agent's reconnect refreshes them.
 func (a *TunnelAuth) PrimeRoutes(ctx context.Context, routes HostTable) (int, error) {
 	rows, err := a.DB.DB.QueryContext(ctx, `
-SELECT a.id, a.environment_id, e.hash FROM agents a JOIN environments e ON e.id = a.environment_id
+SELECT a.id, a.environment_id, e.hash, d.agent_spec FROM agents a JOIN environments e ON e.id = a.environment_id
+  LEFT JOIN LATERAL (SELECT agent_spec FROM deployments WHERE environment_id = e.id AND agent_spec IS NOT NULL
+                      ORDER BY generation DESC LIMIT 1) d ON true
  WHERE a.destroyed_at IS NULL AND a.token_hash IS NOT NULL AND e.desired_state = 'running'`)
 	if err != nil {
 		return 0, fmt.Errorf("prime routes: %w", err)
 	}
-	type live struct {
-		agent, env int64
-		hash       string
-	}
-	var ls []live
-	for rows.Next() {
-		var l live
-		if err := rows.Scan(&l.agent, &l.env, &l.hash); err != nil {
-			rows.Close()
-			return 0, fmt.Errorf("prime routes: %w", err)
-		}
-		ls = append(ls, l)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("prime routes: %w", err)
-	}
+	defer rows.Close()
 	n := 0
-	for _, l := range ls {
-		hosts, err := a.hosts(ctx, l.env, l.hash)
-		if err != nil {
+	for rows.Next() {
+		var agent, env int64
+		var hash string
+		var spec []byte
+		if err := rows.Scan(&agent, &env, &hash, &spec); err != nil {
 			return n, fmt.Errorf("prime routes: %w", err)
 		}
-		for _, h := range hosts {
-			if err := routes.PutHost(ctx, h, strconv.FormatInt(l.env, 10), strconv.FormatInt(l.agent, 10), 0); err != nil {
+		for _, h := range a.hosts(hash, spec) {
+			if err := routes.PutHost(ctx, h, strconv.FormatInt(env, 10), strconv.FormatInt(agent, 10), 0); err != nil {
 				return n, fmt.Errorf("prime route %s: %w", h, err)
 			}
 			n++
 		}
+	}
+	if err := rows.Err(); err != nil {
+		return n, fmt.Errorf("prime routes: %w", err)
 	}
 	return n, nil
 }

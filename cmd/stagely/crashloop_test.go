@@ -261,7 +261,6 @@ func TestCrashesLeakNoMachine(t *testing.T) {
 			t.Errorf("#%d (%s) left %s", n, project, left)
 		}
 	}
-	kill(t, child)
 }
 
 // servesItsPreview waits for the Check Run on sha to succeed, then for its
