@@ -266,7 +266,10 @@ func TestCrashesLeakNoMachine(t *testing.T) {
 // servesItsPreview waits for the Check Run on sha to succeed, then for its
 // preview URL to serve want.
 func servesItsPreview(ctx context.Context, w *world, sha, want string) error {
-	url, err := previewOf(ctx, w.sim, sha, 3*time.Minute)
+	// Under the race detector on a busy machine, a deploy whose source
+	// download the kills keep cutting can finish minutes late: after the
+	// last kill its agent may wait 30 s to redial and 30 s more to fetch.
+	url, err := previewOf(ctx, w.sim, sha, 5*time.Minute)
 	if err != nil {
 		return err
 	}
