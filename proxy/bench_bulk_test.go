@@ -63,7 +63,7 @@ func BenchmarkBulkThroughput50msRTT(b *testing.B) {
 		relay := startRelay(b, n.tunnel, rtt, link)
 		agentFor(b, n, "token-a", be.addr, func(c *tunnel.AgentConfig) {
 			c.Tunnel = cfg
-			c.Addr = relay.addr()
+			c.Addr = relay.Addr()
 			c.TLS.ServerName = "127.0.0.1"
 		})
 		return downloadFor(b, n.public, d)
@@ -91,7 +91,7 @@ func BenchmarkBulkThroughput50msRTT(b *testing.B) {
 	}()
 	b.Cleanup(func() { src.Close() })
 	relay := startRelay(b, src.Addr().String(), rtt, link)
-	c, err := net.Dial("tcp", relay.addr())
+	c, err := net.Dial("tcp", relay.Addr())
 	if err != nil {
 		b.Fatal(err)
 	}

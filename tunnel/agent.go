@@ -346,7 +346,7 @@ func (a *Agent) serveStream(ctx context.Context, s *agentSession, st *yamux.Stre
 }
 
 // keepAlive pings the proxy every KeepAliveInterval and ends the session
-// when a ping is not answered, which starts a reconnect.
+// when the proxy is found dead (alive), which starts a reconnect.
 func (a *Agent) keepAlive(s *agentSession) {
 	t := time.NewTicker(a.cfg.Tunnel.KeepAliveInterval)
 	defer t.Stop()
@@ -355,7 +355,7 @@ func (a *Agent) keepAlive(s *agentSession) {
 		case <-s.mux.CloseChan():
 			return
 		case <-t.C:
-			if !alive(s.mux, s.conn, a.cfg.Tunnel.WriteTimeout) {
+			if !alive(s.mux, s.conn, a.cfg.Tunnel) {
 				a.log.Warn().Msg("proxy did not answer the heartbeat; reconnecting")
 				s.mux.Close()
 				return

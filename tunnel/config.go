@@ -37,13 +37,19 @@ type Config struct {
 	// at the default window.
 	MemoryBudget int64
 
-	// KeepAliveInterval is how often each side pings the other. A dead
-	// peer (VM gone, NAT entry expired) is noticed within this plus
-	// WriteTimeout. Default 10 s.
+	// KeepAliveInterval is how often each side pings the other; both sides
+	// must use the same. A peer is declared dead when its answer is late
+	// and nothing at all came from it for one and a half intervals plus
+	// WriteTimeout, so a dead peer (VM gone, NAT entry expired) is noticed
+	// within two and a half intervals plus WriteTimeout. Default 10 s.
 	KeepAliveInterval time.Duration
 
-	// WriteTimeout is how long a write to the connection (and a ping's
-	// answer) may take before the session is declared dead. Default 5 s.
+	// WriteTimeout is how long a ping's answer may take before the
+	// heartbeat looks at whether anything else came from the peer (see
+	// KeepAliveInterval). Single writes have no timeout of their own: on a
+	// slow, busy link a frame can wait behind other streams' data for
+	// longer than this, and failing it would break a healthy download; a
+	// dead link ends every write by ending the session. Default 5 s.
 	WriteTimeout time.Duration
 
 	// StreamOpenTimeout is how long an opened stream may wait for the
@@ -151,6 +157,15 @@ func (c Config) StreamCap() int {
 	return int(n)
 }
 
+// frameQueueTimeout is yamux's ConnectionWriteTimeout: how long one frame
+// (a stream's data, a window update, a FIN) may wait to be written before
+// that one call fails. yamux means it as a safety valve, but on a slow link
+// a frame queued behind other streams' data waits legitimately, and a
+// failed window update or write breaks a stream that was fine. Liveness is
+// the heartbeat's job (it closes a dead session, which ends every wait),
+// so the valve is set far out of the way.
+const frameQueueTimeout = 10 * time.Minute
+
 // yamuxConfig is the yamux side of c. Keep-alive pings are sent by our own
 // heartbeat (one goroutine per process on the proxy, not one per session),
 // so yamux's own keep-alive goroutine is off.
@@ -160,7 +175,7 @@ func (c Config) yamuxConfig() *yamux.Config {
 		AcceptBacklog:          c.AcceptBacklog,
 		EnableKeepAlive:        false,
 		KeepAliveInterval:      c.KeepAliveInterval,
-		ConnectionWriteTimeout: c.WriteTimeout,
+		ConnectionWriteTimeout: frameQueueTimeout,
 		MaxStreamWindowSize:    c.MaxStreamWindow,
 		StreamOpenTimeout:      c.StreamOpenTimeout,
 		StreamCloseTimeout:     c.StreamCloseTimeout,

@@ -13,8 +13,9 @@ const maxConcurrentPings = 128
 
 // heartbeat pings every session every KeepAliveInterval from one goroutine
 // for the whole proxy (yamux's own keep-alive costs a goroutine per
-// session) and closes a session whose ping fails or is not answered within
-// WriteTimeout (PROTOCOL.md section 6). Pings are spread over the interval.
+// session) and closes a session whose agent is found dead (alive,
+// PROTOCOL.md section 6). Pings are spread over the first half of the
+// interval.
 func heartbeat(ctx context.Context, cfg Config, sessions func() []*Session, log zerolog.Logger) {
 	tick := time.NewTicker(cfg.KeepAliveInterval)
 	defer tick.Stop()
@@ -42,7 +43,7 @@ func heartbeat(ctx context.Context, cfg Config, sessions func() []*Session, log 
 			go func() {
 				defer wg.Done()
 				defer func() { <-sem }()
-				if !alive(s.mux, s.conn, cfg.WriteTimeout) {
+				if !alive(s.mux, s.conn, cfg) {
 					s.logger().Info().Msg("agent did not answer the heartbeat; closing its session")
 					s.Close()
 				}
@@ -64,14 +65,39 @@ type pinger interface {
 	IsClosed() bool
 }
 
-// alive reports whether the peer answered a ping (yamux bounds the wait by
-// Config.WriteTimeout) or, failing that, sent anything at all during the
-// wait: on a busy, slow link the answer can queue behind data frames, and
-// arriving data proves the peer alive just as well.
-func alive(p pinger, c *corkConn, timeout time.Duration) bool {
+// alive reports whether the peer answered a ping within cfg.WriteTimeout
+// or, failing that, sent anything at all within quietLimit. On a link that
+// is busy in our direction our ping, and so its answer, queues behind our
+// own data frames, for longer than any fixed timeout when the link is
+// slow; but the peer pings us on its own every keep-alive interval, over
+// the direction that is not busy, so a live peer is never quiet for long.
+// A ping whose answer is late is left to finish (or to end with the
+// session) on its own goroutine.
+func alive(p pinger, c *corkConn, cfg Config) bool {
 	if p.IsClosed() {
 		return true // already ending; its owner cleans up
 	}
-	_, err := p.Ping()
-	return err == nil || p.IsClosed() || c.quietFor() < timeout
+	answered := make(chan error, 1)
+	go func() {
+		_, err := p.Ping()
+		answered <- err
+	}()
+	t := time.NewTimer(cfg.WriteTimeout)
+	defer t.Stop()
+	select {
+	case err := <-answered:
+		if err == nil {
+			return true
+		}
+	case <-t.C:
+	}
+	return p.IsClosed() || c.quietFor() < quietLimit(cfg)
+}
+
+// quietLimit is how long a live peer can go without sending anything: the
+// proxy spreads its pings over half an interval, so two pings to one agent
+// can be one and a half intervals apart, and each may take a write timeout
+// to arrive. Both sides must use the same keep-alive interval.
+func quietLimit(cfg Config) time.Duration {
+	return cfg.KeepAliveInterval*3/2 + cfg.WriteTimeout
 }
