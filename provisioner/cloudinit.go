@@ -1,6 +1,8 @@
 package provisioner
 
 import (
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -28,6 +30,8 @@ import (
 //	STAGELY_STATE_DIR             where the agent keeps its own token and work
 //	STAGELY_AGENT_URL             where the agent binary was downloaded from
 //	STAGELY_AGENT_SHA256          its checksum
+//	STAGELY_CA_FILE               the CA that signed the proxy's tunnel
+//	                              certificate, when it is a private one
 type CloudInit struct {
 	EnvironmentID int64
 	// ServerURL is the Stagely server's base URL.
@@ -42,14 +46,24 @@ type CloudInit struct {
 	// root-only file; the agent trades it for its own token at first
 	// contact, after which it is worthless.
 	BootstrapToken string
+	// TunnelCA is the PEM of the CA that signed the proxy's tunnel
+	// certificate, when that is a private CA (Stagely's own, kept in the
+	// server's data directory); empty: the machine's system roots. It is
+	// public: it lets the agent verify the proxy, and nothing else.
+	TunnelCA string
 }
 
 // Where the rendered user data puts things on the machine.
 const (
 	vmTokenFile = "/etc/stagely/bootstrap-token"
 	vmEnvFile   = "/etc/stagely/agent.env"
+	vmCAFile    = "/etc/stagely/tunnel-ca.pem"
 	vmStateDir  = "/var/lib/stagely"
 )
+
+// tunnelCALimit bounds the CA bundle: it rides in user data, which every
+// cloud limits to 16 to 64 KiB.
+const tunnelCALimit = 8 << 10
 
 const cloudInitTemplate = "cloud-init.yaml.tmpl"
 
@@ -83,6 +97,11 @@ func (c CloudInit) Validate() error {
 	if !sha256Hex.MatchString(c.AgentSHA256) {
 		bad = append(bad, "agent SHA-256 is not 64 lower-case hex digits")
 	}
+	if c.TunnelCA != "" {
+		if _, err := canonicalCA(c.TunnelCA); err != nil {
+			bad = append(bad, "tunnel CA "+err.Error())
+		}
+	}
 	if !tokenChars.MatchString(c.BootstrapToken) {
 		// Never echo the token itself: this error may reach a log.
 		bad = append(bad, "bootstrap token is not 16 to 512 characters of A-Z a-z 0-9 . _ ~ + / = -")
@@ -110,10 +129,40 @@ func checkURL(s string) error {
 	return nil
 }
 
-// Env returns the agent's environment (see CloudInit) with the token file
-// and state directory at the given paths, one KEY=value per entry.
-func (c CloudInit) Env(tokenFile, stateDir string) []string {
-	return []string{
+// canonicalCA re-encodes a PEM bundle of certificates, so that what goes
+// into the user data is exactly base64 lines between BEGIN and END lines,
+// whatever headers or text surrounded the input.
+func canonicalCA(bundle string) (string, error) {
+	if len(bundle) > tunnelCALimit {
+		return "", fmt.Errorf("is %d bytes, over the limit of %d", len(bundle), tunnelCALimit)
+	}
+	var out []byte
+	rest := []byte(bundle)
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			return "", fmt.Errorf("holds a %s block; only certificates belong there", b.Type)
+		}
+		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
+			return "", fmt.Errorf("holds a certificate that does not parse: %w", err)
+		}
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: b.Type, Bytes: b.Bytes})...)
+	}
+	if len(out) == 0 {
+		return "", errors.New("holds no PEM certificate")
+	}
+	return string(out), nil
+}
+
+// Env returns the agent's environment (see CloudInit) with the token file,
+// state directory and CA file at the given paths, one KEY=value per entry.
+// caFile is left out when c has no tunnel CA.
+func (c CloudInit) Env(tokenFile, stateDir, caFile string) []string {
+	env := []string{
 		"STAGELY_ENVIRONMENT_ID=" + strconv.FormatInt(c.EnvironmentID, 10),
 		"STAGELY_SERVER_URL=" + c.ServerURL,
 		"STAGELY_PROXY_ADDR=" + c.ProxyAddr,
@@ -122,6 +171,10 @@ func (c CloudInit) Env(tokenFile, stateDir string) []string {
 		"STAGELY_AGENT_URL=" + c.AgentURL,
 		"STAGELY_AGENT_SHA256=" + c.AgentSHA256,
 	}
+	if c.TunnelCA != "" {
+		env = append(env, "STAGELY_CA_FILE="+caFile)
+	}
+	return env
 }
 
 // RenderCloudInit renders the #cloud-config user data that installs Docker
@@ -132,12 +185,19 @@ func RenderCloudInit(c CloudInit) (string, error) {
 	if err := c.Validate(); err != nil {
 		return "", err
 	}
+	var caLines []string
+	if c.TunnelCA != "" {
+		ca, _ := canonicalCA(c.TunnelCA) // Validate checked it
+		caLines = strings.Split(strings.TrimSuffix(ca, "\n"), "\n")
+	}
 	data := struct {
 		EnvironmentID      int64
 		Env                []string
 		Token              string
 		TokenFile, EnvFile string
-	}{c.EnvironmentID, c.Env(vmTokenFile, vmStateDir), c.BootstrapToken, vmTokenFile, vmEnvFile}
+		CAFile             string
+		CA                 []string
+	}{c.EnvironmentID, c.Env(vmTokenFile, vmStateDir, vmCAFile), c.BootstrapToken, vmTokenFile, vmEnvFile, vmCAFile, caLines}
 	out, err := templates.Execute(cloudInitTemplate, data)
 	if err != nil {
 		return "", fmt.Errorf("render cloud-init for environment %d: %w", c.EnvironmentID, err)
@@ -164,6 +224,8 @@ func ParseCloudInit(userData string) (CloudInit, error) {
 		switch f.Path {
 		case vmTokenFile:
 			c.BootstrapToken, sawToken = f.Content, true
+		case vmCAFile:
+			c.TunnelCA = f.Content
 		case vmEnvFile:
 			sawEnv = true
 			for line := range strings.Lines(f.Content) {

@@ -33,6 +33,17 @@ func golden(t *testing.T, name, got string) {
 	}
 }
 
+// testCA is a certificate for the tunnel CA slot; made once with openssl,
+// valid a century, its key thrown away.
+func testCA(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", "tunnel-ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
 func exampleCloudInit() CloudInit {
 	return CloudInit{
 		EnvironmentID:  42,
@@ -45,11 +56,24 @@ func exampleCloudInit() CloudInit {
 }
 
 func TestRenderCloudInitMatchesGolden(t *testing.T) {
-	out, err := RenderCloudInit(exampleCloudInit())
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name   string
+		change func(*CloudInit)
+	}{
+		{"cloud-init", func(*CloudInit) {}},
+		{"cloud-init-private-ca", func(c *CloudInit) { c.TunnelCA = testCA(t) }},
 	}
-	golden(t, "cloud-init", out)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := exampleCloudInit()
+			tt.change(&c)
+			out, err := RenderCloudInit(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden(t, tt.name, out)
+		})
+	}
 }
 
 // cloudConfig is the part of cloud-init's schema the machine depends on.
@@ -65,6 +89,7 @@ type cloudConfig struct {
 
 func TestRenderedCloudInitIsCloudConfigYAML(t *testing.T) {
 	c := exampleCloudInit()
+	c.TunnelCA = "Issued for the tunnel:\n" + testCA(t) // text around PEM is dropped
 	out, err := RenderCloudInit(c)
 	if err != nil {
 		t.Fatal(err)
@@ -113,10 +138,17 @@ func TestRenderedCloudInitIsCloudConfigYAML(t *testing.T) {
 	if perm != "0600" {
 		t.Errorf("agent.env permissions %q", perm)
 	}
-	for _, line := range c.Env("/etc/stagely/bootstrap-token", "/var/lib/stagely") {
+	for _, line := range c.Env("/etc/stagely/bootstrap-token", "/var/lib/stagely", "/etc/stagely/tunnel-ca.pem") {
 		if !strings.Contains(env, line+"\n") {
 			t.Errorf("agent.env lacks %q:\n%s", line, env)
 		}
+	}
+	if !strings.Contains(env, "STAGELY_CA_FILE=/etc/stagely/tunnel-ca.pem\n") {
+		t.Errorf("agent.env does not point the agent at the tunnel CA:\n%s", env)
+	}
+	perm, ca := file("/etc/stagely/tunnel-ca.pem")
+	if perm != "0644" || ca != testCA(t) {
+		t.Errorf("tunnel CA file: permissions %q content %q, want the certificate alone", perm, ca)
 	}
 	_, unit := file("/etc/systemd/system/stagely-agent.service")
 	for _, want := range []string{"Restart=always", "ExecStart=/usr/local/bin/stagely agent", "EnvironmentFile=/etc/stagely/agent.env", "WantedBy=multi-user.target"} {
@@ -140,6 +172,7 @@ func TestRenderedCloudInitIsCloudConfigYAML(t *testing.T) {
 
 func TestParseCloudInitReadsBackWhatWasRendered(t *testing.T) {
 	c := exampleCloudInit()
+	c.TunnelCA = testCA(t)
 	out, err := RenderCloudInit(c)
 	if err != nil {
 		t.Fatal(err)
@@ -170,6 +203,13 @@ func TestRenderCloudInitRefusesUnsafeValues(t *testing.T) {
 		{"proxy without port", func(c *CloudInit) { c.ProxyAddr = "tunnel.example.com" }, "proxy address"},
 		{"proxy with a space", func(c *CloudInit) { c.ProxyAddr = "a b:1" }, "proxy address"},
 		{"no environment", func(c *CloudInit) { c.EnvironmentID = 0 }, "environment id"},
+		{"a key in the CA bundle", func(c *CloudInit) {
+			c.TunnelCA = testCA(t) + "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+		}, "tunnel CA holds a PRIVATE KEY block"},
+		{"no certificate in the CA bundle", func(c *CloudInit) { c.TunnelCA = "not a certificate" }, "tunnel CA holds no PEM"},
+		{"a broken certificate", func(c *CloudInit) {
+			c.TunnelCA = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+		}, "does not parse"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -75,6 +75,7 @@ const (
 	tokenFile = "bootstrap-token"
 	stateDir  = "state"
 	logFile   = "output.log"
+	caFile    = "tunnel-ca.pem"
 )
 
 // markerVar is set in every machine process's environment to its
@@ -148,7 +149,7 @@ func (p *Provider) Create(ctx context.Context, spec provisioner.Spec) (provision
 		return fail(fmt.Errorf("make the machine's directory: %w", err))
 	}
 	m := meta{Namespace: p.ns, EnvironmentID: spec.EnvironmentID, Key: spec.Key, Created: time.Now().UTC().Truncate(time.Second)}
-	if err := writeFiles(dir, spec.UserData, boot.BootstrapToken, m); err != nil {
+	if err := writeFiles(dir, spec.UserData, boot, m); err != nil {
 		return fail(err)
 	}
 	if err := p.start(ctx, dir, boot); err != nil {
@@ -157,12 +158,17 @@ func (p *Provider) Create(ctx context.Context, spec provisioner.Spec) (provision
 	return p.read(id)
 }
 
-func writeFiles(dir, ud, token string, m meta) error {
+func writeFiles(dir, ud string, boot provisioner.CloudInit, m meta) error {
 	if err := os.WriteFile(filepath.Join(dir, userData), []byte(ud), 0o600); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, tokenFile), []byte(token), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, tokenFile), []byte(boot.BootstrapToken), 0o600); err != nil {
 		return err
+	}
+	if boot.TunnelCA != "" {
+		if err := os.WriteFile(filepath.Join(dir, caFile), []byte(boot.TunnelCA), 0o644); err != nil {
+			return err
+		}
 	}
 	if err := os.Mkdir(filepath.Join(dir, stateDir), 0o700); err != nil {
 		return err
@@ -193,7 +199,7 @@ func (p *Provider) start(ctx context.Context, dir string, boot provisioner.Cloud
 			env = append(env, k+"="+v)
 		}
 	}
-	env = append(env, boot.Env(filepath.Join(dir, tokenFile), filepath.Join(dir, stateDir))...)
+	env = append(env, boot.Env(filepath.Join(dir, tokenFile), filepath.Join(dir, stateDir), filepath.Join(dir, caFile))...)
 	env = append(env, p.cfg.Env...)
 	env = append(env, markerVar+"="+dir)
 	const script = `log=$1; shift; "$@" </dev/null >>"$log" 2>&1 & echo $!`
