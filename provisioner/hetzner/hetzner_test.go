@@ -2,6 +2,7 @@ package hetzner
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -10,18 +11,74 @@ import (
 	"github.com/hetznercloud/hcloud-go/v2/hcloud/schema"
 
 	"github.com/stagely-dev/stagely/provisioner"
+	"github.com/stagely-dev/stagely/provisioner/hetzner/hetznerfake"
 	"github.com/stagely-dev/stagely/provisioner/internal/contract"
 )
 
 var fastRetry = provisioner.Retry{Attempts: 4, MinWait: time.Millisecond, MaxWait: 5 * time.Millisecond}
 
-func newProvider(t *testing.T, f *fakeCloud, token string) *Provider {
+func newProvider(t *testing.T, f *hetznerfake.Cloud, token string) *Provider {
 	t.Helper()
-	p, err := New(Config{Token: token, Endpoint: f.srv.URL, Retry: fastRetry})
+	p, err := New(Config{Token: token, Endpoint: f.URL(), Retry: fastRetry})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// count returns how many of the fake's requests were request, such as
+// "POST /servers".
+func count(f *hetznerfake.Cloud, request string) int {
+	n := 0
+	for _, r := range f.Requests() {
+		if r == request {
+			n++
+		}
+	}
+	return n
+}
+
+// contractCloud is the fake as the contract sees it. It lives here rather
+// than in hetznerfake because the contract package is internal to
+// provisioner, and which machines are Stagely's is this package's business.
+type contractCloud struct{ *hetznerfake.Cloud }
+
+var _ contract.Cloud = contractCloud{}
+
+// Live returns Stagely's servers (default namespace) that are not deleted.
+func (c contractCloud) Live() []contract.FakeMachine {
+	var out []contract.FakeMachine
+	for _, s := range c.Servers() {
+		if s.Labels[labelNamespace] != "stagely" {
+			continue
+		}
+		out = append(out, contract.FakeMachine{
+			ID: strconv.FormatInt(s.ID, 10), Size: s.ServerType, Region: s.Location,
+			Image: s.Image, UserData: s.UserData,
+		})
+	}
+	return out
+}
+
+func (c contractCloud) Fail(f contract.Failure, n int) {
+	kinds := map[contract.Failure]hetznerfake.Failure{
+		contract.RateLimit: hetznerfake.RateLimit,
+		contract.Quota:     hetznerfake.Quota,
+		contract.Capacity:  hetznerfake.Capacity,
+		contract.Invalid:   hetznerfake.Invalid,
+	}
+	k, ok := kinds[f]
+	if !ok {
+		panic(fmt.Sprintf("hetzner test: no fake failure for contract failure %d", f))
+	}
+	c.Cloud.Fail(k, n)
+}
+
+// SeedForeign adds a server with no labels and one of another namespace.
+func (c contractCloud) SeedForeign() {
+	for i, labels := range []map[string]string{nil, {labelNamespace: "other", labelKey: "env20-1", labelEnvironment: "20"}} {
+		c.AddServer(hetznerfake.Server{Name: fmt.Sprintf("someone-else-%d", i), Labels: labels})
+	}
 }
 
 func spec(env, attempt int64) provisioner.Spec {
@@ -38,11 +95,11 @@ func spec(env, attempt int64) provisioner.Spec {
 
 func TestContract(t *testing.T) {
 	contract.Run(t, func(t *testing.T) contract.Harness {
-		f := newFakeCloud(t)
+		f := hetznerfake.New(t)
 		return contract.Harness{
-			Cloud: f,
+			Cloud: contractCloud{f},
 			New: func(t *testing.T, good bool) provisioner.Provider {
-				token := f.token
+				token := f.Token()
 				if !good {
 					token = strings.Repeat("x", 64)
 				}
@@ -55,23 +112,30 @@ func TestContract(t *testing.T) {
 }
 
 func TestServerCarriesLabelsAndAFirewallWithNoInboundRule(t *testing.T) {
-	f := newFakeCloud(t)
-	p := newProvider(t, f, f.token)
+	f := hetznerfake.New(t)
+	p := newProvider(t, f, f.Token())
 	m, err := p.Create(t.Context(), spec(5, 2))
 	if err != nil {
 		t.Fatal(err)
 	}
 	id, _ := strconv.ParseInt(m.ID, 10, 64)
-	labels := f.labels(id)
+	server, ok := f.Server(id)
+	if !ok {
+		t.Fatalf("the fake holds no server %d", id)
+	}
+	labels := server.Labels
 	want := map[string]string{"stagely": "stagely", "stagely-environment": "5", "stagely-key": "env5-2", "repo": "octo_app", "pr": "12"}
 	for k, v := range want {
 		if labels[k] != v {
 			t.Errorf("label %s = %q, want %q (all: %v)", k, labels[k], v, labels)
 		}
 	}
-	fw := f.firewallOf(id)
-	if fw == nil {
+	if len(server.Firewalls) == 0 {
 		t.Fatal("server created without a firewall")
+	}
+	fw, ok := f.Firewall(server.Firewalls[0])
+	if !ok {
+		t.Fatalf("server created with firewall %d, which does not exist", server.Firewalls[0])
 	}
 	if fw.Name != "stagely-no-inbound" || len(fw.Rules) != 0 {
 		t.Errorf("firewall %s has rules %+v; want none (no inbound, all outbound)", fw.Name, fw.Rules)
@@ -81,22 +145,22 @@ func TestServerCarriesLabelsAndAFirewallWithNoInboundRule(t *testing.T) {
 	if _, err := p.Create(t.Context(), spec(6, 1)); err != nil {
 		t.Fatal(err)
 	}
-	if n := f.count("POST /firewalls"); n != 1 {
+	if n := count(f, "POST /firewalls"); n != 1 {
 		t.Errorf("%d firewalls created, want 1", n)
 	}
 }
 
 func TestFirewallWithAnInboundRuleIsRefused(t *testing.T) {
-	f := newFakeCloud(t)
+	f := hetznerfake.New(t)
 	port := "22"
-	f.firewalls[1] = &schema.Firewall{ID: 1, Name: "stagely-no-inbound", Rules: []schema.FirewallRule{
+	f.AddFirewall(hetznerfake.Firewall{Name: "stagely-no-inbound", Rules: []schema.FirewallRule{
 		{Direction: "in", Protocol: "tcp", Port: &port, SourceIPs: []string{"0.0.0.0/0"}},
-	}}
-	_, err := newProvider(t, f, f.token).Create(t.Context(), spec(5, 1))
+	}})
+	_, err := newProvider(t, f, f.Token()).Create(t.Context(), spec(5, 1))
 	if err == nil || !strings.Contains(err.Error(), "inbound rule (tcp port 22)") {
 		t.Fatalf("err = %v, want a refusal naming the inbound rule", err)
 	}
-	if len(f.Live()) != 0 {
+	if len(f.Servers()) != 0 {
 		t.Error("a server was created behind an open firewall")
 	}
 }
@@ -104,24 +168,28 @@ func TestFirewallWithAnInboundRuleIsRefused(t *testing.T) {
 func TestCreateAfterANameClashReturnsTheExistingServer(t *testing.T) {
 	// Another worker's create lands between this one's look-up and its
 	// create: the name clash leads back to the same server.
-	f := newFakeCloud(t)
-	p := newProvider(t, f, f.token)
+	f := hetznerfake.New(t)
+	p := newProvider(t, f, f.Token())
 	first, err := p.Create(t.Context(), spec(5, 1))
 	if err != nil {
 		t.Fatal(err)
 	}
 	id, _ := strconv.ParseInt(first.ID, 10, 64)
-	f.mu.Lock()
-	saved := f.servers[id].s.Labels
-	f.servers[id].s.Labels = map[string]string{"stagely": "stagely"} // hidden from the key look-up
-	f.mu.Unlock()
+	server, ok := f.Server(id)
+	if !ok {
+		t.Fatalf("the fake holds no server %d", id)
+	}
+	// Hidden from the key look-up.
+	if err := f.SetLabels(id, map[string]string{"stagely": "stagely"}); err != nil {
+		t.Fatal(err)
+	}
 	_, err = p.Create(t.Context(), spec(5, 1))
 	if err == nil {
 		t.Fatal("a second server with the same name was accepted")
 	}
-	f.mu.Lock()
-	f.servers[id].s.Labels = saved
-	f.mu.Unlock()
+	if err := f.SetLabels(id, server.Labels); err != nil {
+		t.Fatal(err)
+	}
 	again, err := p.Create(t.Context(), spec(5, 1))
 	if err != nil || again.ID != first.ID {
 		t.Fatalf("Create = %+v, %v; want %s", again, err, first.ID)
@@ -144,26 +212,26 @@ func TestNewNamesTheMissingToken(t *testing.T) {
 }
 
 func TestUserDataOverTheLimitIsRefusedBeforeTheCloud(t *testing.T) {
-	f := newFakeCloud(t)
+	f := hetznerfake.New(t)
 	s := spec(5, 1)
 	s.UserData = strings.Repeat("#", 33<<10)
-	_, err := newProvider(t, f, f.token).Create(t.Context(), s)
+	_, err := newProvider(t, f, f.Token()).Create(t.Context(), s)
 	if !errors.Is(err, provisioner.ErrInvalidSpec) {
 		t.Fatalf("err = %v", err)
 	}
-	if n := f.count("POST /servers"); n != 0 {
+	if n := count(f, "POST /servers"); n != 0 {
 		t.Errorf("%d creates sent", n)
 	}
 }
 
 func TestRateLimitIsRetriedAsOftenAsConfigured(t *testing.T) {
-	f := newFakeCloud(t)
-	f.Fail(contract.RateLimit, 1000)
-	_, err := newProvider(t, f, f.token).List(t.Context())
+	f := hetznerfake.New(t)
+	f.Fail(hetznerfake.RateLimit, 1000)
+	_, err := newProvider(t, f, f.Token()).List(t.Context())
 	if !errors.Is(err, provisioner.ErrRateLimited) {
 		t.Fatalf("err = %v", err)
 	}
-	if n := f.count("GET /servers"); n != fastRetry.Attempts {
+	if n := count(f, "GET /servers"); n != fastRetry.Attempts {
 		t.Errorf("%d tries, want %d", n, fastRetry.Attempts)
 	}
 }

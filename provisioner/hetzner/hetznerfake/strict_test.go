@@ -1,4 +1,4 @@
-package hetzner
+package hetznerfake
 
 import (
 	"net/http"
@@ -9,7 +9,7 @@ import (
 // The fake is only worth its tests if it refuses what Hetzner would, and
 // what Stagely must never send.
 func TestFakeRefusesWrongRequests(t *testing.T) {
-	f := newFakeCloud(t)
+	c := New(t)
 	tests := []struct {
 		name, method, path, body string
 		auth                     bool
@@ -23,23 +23,52 @@ func TestFakeRefusesWrongRequests(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			req, _ := http.NewRequestWithContext(t.Context(), tt.method, f.srv.URL+tt.path, strings.NewReader(tt.body))
+			req, _ := http.NewRequestWithContext(t.Context(), tt.method, c.URL()+tt.path, strings.NewReader(tt.body))
 			req.Header.Set("Content-Type", "application/json")
 			if tt.auth {
-				req.Header.Set("Authorization", "Bearer "+f.token)
+				req.Header.Set("Authorization", "Bearer "+c.Token())
 			}
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
 			resp.Body.Close()
-			f.mu.Lock()
-			got := strings.Join(f.violations, "\n")
-			f.violations = nil
-			f.mu.Unlock()
+			// Taken, so that the violations the test provokes do not fail
+			// it when the fake stops.
+			c.mu.Lock()
+			got := strings.Join(c.violations, "\n")
+			c.violations = nil
+			c.mu.Unlock()
 			if resp.StatusCode < 400 || !strings.Contains(got, tt.violation) {
 				t.Errorf("status %s, violations %q; want one about %q", resp.Status, got, tt.violation)
 			}
 		})
+	}
+}
+
+func TestNamesAndLabelsAreCheckedAsHetznerDoes(t *testing.T) {
+	for _, tt := range []struct {
+		s           string
+		name, label bool
+	}{
+		{"", false, true},
+		{"a", true, true},
+		{"env5-2", true, true},
+		{"-a", false, false},
+		{"a-", false, false},
+		{"A", false, true},
+		{"octo_app", false, true},
+		{"a.b", false, true},
+		{"_a", false, false},
+		{strings.Repeat("a", 63), true, true},
+		{strings.Repeat("a", 64), false, false},
+		{"é", false, false},
+	} {
+		if got := validHostname(tt.s); got != tt.name {
+			t.Errorf("validHostname(%q) = %v, want %v", tt.s, got, tt.name)
+		}
+		if got := validLabel(tt.s); got != tt.label {
+			t.Errorf("validLabel(%q) = %v, want %v", tt.s, got, tt.label)
+		}
 	}
 }
