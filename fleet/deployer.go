@@ -132,6 +132,15 @@ RETURNING id, machine_id, state`, t.EnvironmentID, attempt, a.Key, d.ProviderNam
 // or fails.
 func (d *Deployer) Deploy(ctx context.Context, req reconciler.DeployRequest, progress func([]checks.Step)) (reconciler.DeployResult, error) {
 	cfg := req.Config
+	if want := cfg.Provider.Name; want != "" && d.ProviderName != "" && want != d.ProviderName {
+		// Sizes, regions and images name one cloud's things: handing an
+		// aws size to hetzner would fail later and less clearly.
+		return reconciler.DeployResult{}, &reconciler.DeployError{
+			Step:   StepProvision,
+			Reason: fmt.Sprintf(".stagely.yml asks for %s machines; this Stagely server makes %s machines", want, d.ProviderName),
+			Hint:   fmt.Sprintf("set provider.name to %s in .stagely.yml, or remove it to take the server's default", d.ProviderName),
+		}
+	}
 	start := time.Now()
 	prov := checks.Step{Name: StepProvision, State: checks.StepRunning, StartedAt: start}
 	progress([]checks.Step{prov})

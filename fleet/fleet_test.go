@@ -234,13 +234,68 @@ VALUES (?, 1, 'env-1', 'test', encode(sha256('boot'), 'hex'))`, envID); err != n
 	}
 }
 
-func newEnvironment(t *testing.T, db *bun.DB) int64 {
+func newEnvironment(t *testing.T, db *bun.DB) int64 { return newEnvironmentFor(t, db, 1) }
+
+// newEnvironmentFor makes the environment of pull request pr.
+func newEnvironmentFor(t *testing.T, db *bun.DB, pr int) int64 {
 	t.Helper()
 	in := store.PullRequestIntent{Repo: store.RepoRef{InstallationID: 1, RepositoryID: 2, Owner: "o", Name: "r"},
-		PRNumber: 1, HeadSHA: "deadbeef", Desired: store.DesiredRunning, UpdatedAt: time.Now()}
-	id, _, err := store.DeliverPullRequest(context.Background(), db, store.Delivery{ID: "d1", Event: "pull_request"}, in)
+		PRNumber: pr, HeadSHA: "deadbeef", Desired: store.DesiredRunning, UpdatedAt: time.Now()}
+	id, _, err := store.DeliverPullRequest(context.Background(), db, store.Delivery{ID: "d" + strconv.Itoa(pr), Event: "pull_request"}, in)
 	if err != nil || id == 0 {
 		t.Fatalf("environment: %d, %v", id, err)
 	}
 	return id
+}
+
+func TestDeployRefusesAnotherProvidersMachines(t *testing.T) {
+	db := storetest.New(t)
+	ctx := context.Background()
+	prov := &machines{created: map[string]provisioner.Spec{}, gone: map[string]bool{}}
+	d := &fleet.Deployer{
+		DB: db, Bus: kv.NewMemory(), Provider: prov, ProviderName: "hetzner", Secret: []byte("0123456789abcdef0123456789abcdef"),
+		Boot:        provisioner.CloudInit{ServerURL: "https://stagely.example", ProxyAddr: "proxy.example:7443", AgentURL: "https://stagely.example/agent", AgentSHA256: strings.Repeat("0", 64)},
+		PreviewHost: func(hash, name string, first bool) string { return hash + ".preview.example" },
+		PreviewURL:  func(host string) string { return "https://" + host },
+		Launch:      provisioner.Wait{Timeout: time.Second, Interval: 10 * time.Millisecond},
+	}
+	tests := []struct {
+		name    string
+		yml     string
+		refused bool
+	}{
+		{"another provider", "provider: {name: aws, size: t3.large}\n", true},
+		{"local asked of a cloud server", "provider: {name: local}\n", true},
+		{"the server's own provider", "provider: {name: hetzner, size: cx32}\n", false},
+		{"no provider", "", false},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := repoconfig.Parse([]byte("version: 1\n" + tt.yml + "previews:\n  - name: web\n    service: web\n    port: 8080\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			prov.mu.Lock()
+			clear(prov.created)
+			prov.mu.Unlock()
+			target := reconciler.Target{EnvironmentID: newEnvironmentFor(t, db, i+1), InstallationID: 1, Owner: "o", Repo: "r", PR: i + 1, Hash: "abc123"}
+			dctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+			defer cancel()
+			_, err = d.Deploy(dctx, reconciler.DeployRequest{Target: target, SHA: "deadbeef", Generation: 1, Config: cfg}, func([]checks.Step) {})
+			var de *reconciler.DeployError
+			refused := errors.As(err, &de) && de.Step == fleet.StepProvision && strings.Contains(de.Reason, "this Stagely server makes hetzner machines")
+			if refused != tt.refused {
+				t.Fatalf("Deploy = %v; refused for the provider: %v, want %v", err, refused, tt.refused)
+			}
+			prov.mu.Lock()
+			n := len(prov.created)
+			prov.mu.Unlock()
+			if tt.refused && (n != 0 || de.Retryable || !strings.Contains(de.Hint, "hetzner")) {
+				t.Errorf("refusal made %d machines, retryable %v, hint %q", n, de.Retryable, de.Hint)
+			}
+			if !tt.refused && n != 1 {
+				t.Errorf("%d machines asked for, want 1", n)
+			}
+		})
+	}
 }
