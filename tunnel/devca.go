@@ -14,10 +14,11 @@ import (
 	"time"
 )
 
-// DevCA is a throwaway certificate authority for the tunnel listener in
-// local use (`stagely proxy` without a certificate) and in tests: agents
-// trust it through AgentConfig.TLS.RootCAs. It is not for production,
-// where the tunnel listener carries a certificate from a real CA.
+// DevCA is a private certificate authority for the tunnel listener: a
+// throwaway one in local use (`stagely proxy` without a certificate) and
+// in tests, and the server's own, kept in its data directory, whose
+// certificate every machine receives with its user data. Agents trust it
+// through AgentConfig.TLS.RootCAs; it signs nothing but tunnel listeners.
 type DevCA struct {
 	cert *x509.Certificate
 	key  *ecdsa.PrivateKey
@@ -26,16 +27,19 @@ type DevCA struct {
 }
 
 // NewDevCA makes a CA valid for a week.
-func NewDevCA() (*DevCA, error) {
+func NewDevCA() (*DevCA, error) { return NewCA("Stagely development CA", 7*24*time.Hour) }
+
+// NewCA makes a CA named name, valid for validity.
+func NewCA(name string, validity time.Duration) (*DevCA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("dev CA key: %w", err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: "Stagely development CA"},
+		Subject:               pkix.Name{CommonName: name},
 		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(7 * 24 * time.Hour),
+		NotAfter:              time.Now().Add(validity),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign,

@@ -4,13 +4,16 @@ import (
 	"context"
 	"crypto/hkdf"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,9 +25,11 @@ import (
 	"github.com/stagely-dev/stagely/fleet"
 	"github.com/stagely-dev/stagely/kv"
 	"github.com/stagely-dev/stagely/provisioner"
+	"github.com/stagely-dev/stagely/provisioner/digitalocean"
+	"github.com/stagely-dev/stagely/provisioner/ec2"
+	"github.com/stagely-dev/stagely/provisioner/hetzner"
 	"github.com/stagely-dev/stagely/provisioner/local"
 	"github.com/stagely-dev/stagely/proxy"
-	"github.com/stagely-dev/stagely/reconciler"
 	"github.com/stagely-dev/stagely/tunnel"
 )
 
@@ -39,61 +44,126 @@ type fleetConfig struct {
 	tunnelAddr    string
 	tunnelPublic  string
 	agentCommand  string
+	publicURL     string
+	agentBinary   string
+	machineSize   string
+	machineRegion string
+	machineImage  string
+	cloudEndpoint string
 }
 
+// providers are the values --provider takes, with the names .stagely.yml
+// uses for them.
+var providers = []string{"local", "aws", "digitalocean", "hetzner"}
+
 func (c *fleetConfig) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.provider, "provider", "", "where previews run: local (agents as processes on this machine); empty: no deploys")
-	fs.StringVar(&c.dataDir, "data-dir", "stagely-data", "local state: the tunnel's development CA and local machines")
+	fs.StringVar(&c.provider, "provider", "", "where previews run: local (agents as processes on this machine), aws, digitalocean or hetzner (credentials from AWS's default chain, DIGITALOCEAN_TOKEN, HCLOUD_TOKEN); empty: no deploys")
+	fs.StringVar(&c.dataDir, "data-dir", "stagely-data", "local state: the tunnel's CA and local machines")
 	fs.StringVar(&c.previewDomain, "preview-domain", "preview.localhost", "previews are served at <hash>.<preview-domain>")
 	fs.StringVar(&c.proxyAddr, "proxy-addr", "127.0.0.1:8081", "public plain-HTTP address of the in-process preview proxy")
 	fs.StringVar(&c.previewPort, "preview-port", "", "port shown in preview URLs; default the port of --proxy-addr (empty for 80)")
 	fs.StringVar(&c.tunnelAddr, "tunnel-addr", "127.0.0.1:7443", "listen address of the tunnel agents dial")
-	fs.StringVar(&c.tunnelPublic, "tunnel-public-addr", "", "the tunnel address as agents dial it; default --tunnel-addr")
+	fs.StringVar(&c.tunnelPublic, "tunnel-public-addr", "", "the tunnel address as agents dial it (required for cloud providers); default --tunnel-addr")
 	fs.StringVar(&c.agentCommand, "agent-command", "", "local provider: the agent command line; default this binary's `agent`")
+	fs.StringVar(&c.publicURL, "public-url", "", "this server's base URL as machines reach it, to download the agent (required for cloud providers); default http://--addr")
+	fs.StringVar(&c.agentBinary, "agent-binary", "", "the stagely binary machines download and run as their agent (for the machines' OS and CPU); default this binary")
+	fs.StringVar(&c.machineSize, "machine-size", "", "cloud providers: machine type when .stagely.yml names none (t3.medium, s-2vcpu-4gb, cx22 by default)")
+	fs.StringVar(&c.machineRegion, "machine-region", "", "cloud providers: region when .stagely.yml names none (AWS's configured region, fra1, fsn1 by default)")
+	fs.StringVar(&c.machineImage, "machine-image", "", "cloud providers: image when .stagely.yml names none (Ubuntu 24.04 by default)")
+	fs.StringVar(&c.cloudEndpoint, "cloud-endpoint", "", "cloud providers: the cloud API's base URL; default the cloud's own")
 }
 
-// startFleet starts the preview proxy and its tunnel listener, and
-// returns the Deployer that provisions machines through the provider.
-//
-// stop drains the proxy: agents get GoAway and reconnect to whichever
-// process serves the tunnel address next, as after a crash.
-func startFleet(ctx context.Context, fc fleetConfig, webhookSecret string, db *bun.DB, shared kv.Store, clients githubapp.ClientCreator, log zerolog.Logger, errc chan<- error) (d reconciler.Deployer, stop func(), err error) {
-	stop = func() {}
+// machineSetup is what the server checks before it touches anything else:
+// the provider with its credentials, and the agent binary machines get.
+type machineSetup struct {
+	provider provisioner.Provider
+	agent    *agentBinary
+	dataDir  string
+}
+
+// setUpMachines makes the --provider's machine provider and reads the
+// agent binary; nil without a provider. It fails, naming what is missing,
+// on settings or credentials a provider cannot work without.
+func setUpMachines(ctx context.Context, fc fleetConfig) (*machineSetup, error) {
 	if fc.provider == "" {
-		return nil, stop, nil
+		return nil, nil
+	}
+	if !slices.Contains(providers, fc.provider) {
+		return nil, fmt.Errorf("--provider %q: want one of %s", fc.provider, strings.Join(providers, ", "))
 	}
 	if fc.provider != "local" {
-		return nil, stop, fmt.Errorf("--provider %q: this build's server wires only the local provider", fc.provider)
+		if err := missing(map[string]bool{"public-url": fc.publicURL == "", "tunnel-public-addr": fc.tunnelPublic == ""}); err != nil {
+			return nil, fmt.Errorf("--provider %s: machines in the cloud reach this server at its public addresses: %w", fc.provider, err)
+		}
 	}
-	d, stop, err = startLocalFleet(ctx, fc, webhookSecret, db, shared, clients, log, errc)
-	if err != nil {
-		return nil, func() {}, err
-	}
-	return d, stop, nil
-}
-
-func startLocalFleet(ctx context.Context, fc fleetConfig, webhookSecret string, db *bun.DB, shared kv.Store, clients githubapp.ClientCreator, log zerolog.Logger, errc chan<- error) (reconciler.Deployer, func(), error) {
 	if err := os.MkdirAll(fc.dataDir, 0o700); err != nil {
-		return nil, nil, fmt.Errorf("--data-dir: %w", err)
+		return nil, fmt.Errorf("--data-dir: %w", err)
 	}
 	dataDir, err := filepath.Abs(fc.dataDir)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	caFile := filepath.Join(dataDir, "tunnel-ca.pem")
-	ca, err := devCA(caFile, filepath.Join(dataDir, "tunnel-ca-key.pem"))
+	self, err := os.Executable()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	tunnelTLS, err := ca.ServerConfig("localhost", "127.0.0.1")
+	binary := fc.agentBinary
+	if binary == "" {
+		binary = self
+	}
+	agentBin, err := newAgentBinary(binary)
 	if err != nil {
-		return nil, nil, err
+		return nil, fmt.Errorf("--agent-binary: %w", err)
+	}
+	prov, err := newProvider(ctx, fc, dataDir, self)
+	if err != nil {
+		return nil, err
+	}
+	return &machineSetup{provider: prov, agent: agentBin, dataDir: dataDir}, nil
+}
+
+// fleetParts are what startFleet hands the server.
+type fleetParts struct {
+	// deployer provisions machines and deploys to them; nil without a
+	// provider.
+	deployer *fleet.Deployer
+	// agent serves the agent binary machines download; nil without a
+	// provider.
+	agent http.Handler
+	// stop drains the proxy: agents get GoAway and reconnect to whichever
+	// process serves the tunnel address next, as after a crash.
+	stop func()
+}
+
+// startFleet starts the preview proxy and its tunnel listener, and
+// returns the Deployer that provisions machines through ms's provider;
+// with no provider (ms nil) nothing.
+func startFleet(ctx context.Context, fc fleetConfig, ms *machineSetup, webhookSecret string, db *bun.DB, shared kv.Store, clients githubapp.ClientCreator, log zerolog.Logger, errc chan<- error) (*fleetParts, error) {
+	if ms == nil {
+		return &fleetParts{stop: func() {}}, nil
+	}
+	dataDir, prov, agentBin := ms.dataDir, ms.provider, ms.agent
+	ca, err := devCA(filepath.Join(dataDir, "tunnel-ca.pem"), filepath.Join(dataDir, "tunnel-ca-key.pem"))
+	if err != nil {
+		return nil, err
+	}
+	tunnelNames := []string{"localhost", "127.0.0.1"}
+	if fc.tunnelPublic != "" {
+		host, _, err := net.SplitHostPort(fc.tunnelPublic)
+		if err != nil || host == "" {
+			return nil, fmt.Errorf("--tunnel-public-addr %q is not host:port", fc.tunnelPublic)
+		}
+		tunnelNames = append(tunnelNames, host)
+	}
+	tunnelTLS, err := ca.ServerConfig(tunnelNames...)
+	if err != nil {
+		return nil, err
 	}
 	// One key, derived from the webhook secret, signs nothing GitHub sees:
 	// it derives the machines' bootstrap tokens.
 	secret, err := hkdf.Key(sha256.New, []byte(webhookSecret), nil, "stagely bootstrap tokens", 32)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	handler := &fleet.Handler{DB: db, Bus: shared, Tarballs: fleet.GitHubTarballs{Clients: clients}}
 	control := &protocol.Server{Handler: handler, MaxWait: 25 * time.Second}
@@ -115,22 +185,22 @@ func startLocalFleet(ctx context.Context, fc fleetConfig, webhookSecret string, 
 		Logger: log,
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if n, err := auth.PrimeRoutes(ctx, px.Routes()); err != nil {
 		px.Close()
-		return nil, nil, err
+		return nil, err
 	} else if n > 0 {
 		log.Info().Int("hosts", n).Msg("routes of running previews restored; each is live again when its agent reconnects")
 	}
 	tln, err := net.Listen("tcp", fc.tunnelAddr)
 	if err != nil {
-		return nil, nil, fmt.Errorf("--tunnel-addr %s: %w", fc.tunnelAddr, err)
+		return nil, fmt.Errorf("--tunnel-addr %s: %w", fc.tunnelAddr, err)
 	}
 	pln, err := net.Listen("tcp", fc.proxyAddr)
 	if err != nil {
 		tln.Close()
-		return nil, nil, fmt.Errorf("--proxy-addr %s: %w", fc.proxyAddr, err)
+		return nil, fmt.Errorf("--proxy-addr %s: %w", fc.proxyAddr, err)
 	}
 	go func() { errc <- ignoreClosed(px.ServeTunnel(ctx, tln)) }()
 	stop := func() {
@@ -149,26 +219,14 @@ func startLocalFleet(ctx context.Context, fc fleetConfig, webhookSecret string, 
 	if tunnelPublic == "" {
 		tunnelPublic = tln.Addr().String()
 	}
-	log.Info().Str("proxy", pln.Addr().String()).Str("tunnel", tln.Addr().String()).Msg("preview proxy listening")
+	log.Info().Str("proxy", pln.Addr().String()).Str("tunnel", tln.Addr().String()).Str("provider", fc.provider).Msg("preview proxy listening")
 
-	cmd := strings.Fields(fc.agentCommand)
-	if len(cmd) == 0 {
-		self, err := os.Executable()
-		if err != nil {
-			return nil, nil, err
-		}
-		cmd = []string{self, "agent"}
-	}
-	prov, err := local.New(local.Config{Dir: filepath.Join(dataDir, "machines"), Command: cmd,
-		Env: []string{"STAGELY_CA_FILE=" + caFile, "STAGELY_LOG_FORMAT=json"}})
-	if err != nil {
-		return nil, nil, err
-	}
-	return &fleet.Deployer{
-		DB: db, Bus: shared, Provider: prov, ProviderName: "local", Secret: secret,
+	return &fleetParts{deployer: &fleet.Deployer{
+		DB: db, Bus: shared, Provider: prov, ProviderName: fc.provider, Secret: secret,
 		Boot: provisioner.CloudInit{
-			ServerURL: "http://" + tunnelPublic, ProxyAddr: tunnelPublic,
-			AgentURL: "http://" + tunnelPublic + "/agent", AgentSHA256: strings.Repeat("0", 64),
+			ServerURL: fc.publicURL, ProxyAddr: tunnelPublic,
+			AgentURL: strings.TrimSuffix(fc.publicURL, "/") + agentPath, AgentSHA256: agentBin.sum,
+			TunnelCA: string(ca.PEM),
 		},
 		PreviewHost: func(hash, name string, first bool) string {
 			if first {
@@ -183,9 +241,108 @@ func startLocalFleet(ctx context.Context, fc fleetConfig, webhookSecret string, 
 			return "http://" + host + ":" + port
 		},
 		Routes:       px.Routes(),
-		Launch:       provisioner.Wait{Timeout: 2 * time.Minute, Interval: 200 * time.Millisecond},
-		AgentTimeout: 2 * time.Minute,
-	}, stop, nil
+		Launch:       launchWait(fc.provider),
+		AgentTimeout: agentTimeout(fc.provider),
+	}, agent: agentBin, stop: stop}, nil
+}
+
+// launchWait is how long a machine may take to run, and how often the
+// provider is asked: a local process runs at once; a cloud VM takes a
+// minute or two, and asking a cloud often eats its rate limit.
+func launchWait(provider string) provisioner.Wait {
+	if provider == "local" {
+		return provisioner.Wait{Timeout: 2 * time.Minute, Interval: 200 * time.Millisecond}
+	}
+	return provisioner.Wait{} // the provisioner's defaults, made for clouds
+}
+
+// agentTimeout is how long a running machine's agent may take to call in:
+// on a VM it first installs Docker and downloads itself.
+func agentTimeout(provider string) time.Duration {
+	if provider == "local" {
+		return 2 * time.Minute
+	}
+	return 10 * time.Minute
+}
+
+// newProvider makes the --provider's machine provider. Cloud credentials
+// come from each cloud's usual places; missing ones fail here, at start,
+// with the provider's message naming them.
+func newProvider(ctx context.Context, fc fleetConfig, dataDir, self string) (provisioner.Provider, error) {
+	var (
+		p   provisioner.Provider
+		err error
+	)
+	switch fc.provider {
+	case "local":
+		cmd := strings.Fields(fc.agentCommand)
+		if len(cmd) == 0 {
+			cmd = []string{self, "agent"}
+		}
+		p, err = local.New(local.Config{Dir: filepath.Join(dataDir, "machines"), Command: cmd, Env: []string{"STAGELY_LOG_FORMAT=json"}})
+	case "aws":
+		p, err = ec2.New(ctx, ec2.Config{Region: fc.machineRegion, InstanceType: fc.machineSize, Image: fc.machineImage, Endpoint: fc.cloudEndpoint})
+	case "digitalocean":
+		p, err = digitalocean.New(digitalocean.Config{Region: fc.machineRegion, Size: fc.machineSize, Image: fc.machineImage, Endpoint: fc.cloudEndpoint})
+	case "hetzner":
+		p, err = hetzner.New(hetzner.Config{Location: fc.machineRegion, ServerType: fc.machineSize, Image: fc.machineImage, Endpoint: fc.cloudEndpoint})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--provider %s: %w", fc.provider, err)
+	}
+	return p, nil
+}
+
+// agentPath is where the server serves the agent binary.
+const agentPath = "/agent/stagely"
+
+// agentBinary serves the stagely binary that machines download and run as
+// their agent; the cloud-init checks it against sum before running it.
+type agentBinary struct {
+	path string
+	sum  string
+	mod  time.Time
+}
+
+func newAgentBinary(path string) (*agentBinary, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return nil, fmt.Errorf("checksum %s: %w", path, err)
+	}
+	return &agentBinary{path: path, sum: hex.EncodeToString(h.Sum(nil)), mod: st.ModTime()}, nil
+}
+
+func (b *agentBinary) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	f, err := os.Open(b.path)
+	if err != nil {
+		http.Error(w, "the agent binary is not available", http.StatusServiceUnavailable)
+		return
+	}
+	defer f.Close()
+	// The server's write timeout suits webhooks, not tens of megabytes to
+	// a machine on a slow link.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(15 * time.Minute))
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("ETag", `"`+b.sum+`"`)
+	w.Header().Set("X-Checksum-Sha256", b.sum)
+	http.ServeContent(w, r, "stagely", b.mod, f)
 }
 
 func ignoreClosed(err error) error {
@@ -195,19 +352,24 @@ func ignoreClosed(err error) error {
 	return err
 }
 
-// devCA loads the tunnel's CA from the data directory, or makes one (valid
-// a week) when there is none or it is about to expire. It is kept because
+// tunnelCALife is how long the server's tunnel CA is valid. Every machine
+// trusts the CA it was started with, for as long as it lives, so the CA
+// must outlive every machine: a new one strands them all.
+const tunnelCALife = 10 * 365 * 24 * time.Hour
+
+// devCA loads the tunnel's CA from the data directory, or makes one when
+// there is none or it is within a month of its end. It is kept because
 // running agents trust the CA file they were started with: a server that
 // made a new CA at every start would strand them after a restart.
 func devCA(certFile, keyFile string) (*tunnel.DevCA, error) {
 	cert, cerr := os.ReadFile(certFile)
 	key, kerr := os.ReadFile(keyFile)
 	if cerr == nil && kerr == nil {
-		if ca, err := tunnel.LoadDevCA(cert, key); err == nil && time.Until(ca.Expires()) > 24*time.Hour {
+		if ca, err := tunnel.LoadDevCA(cert, key); err == nil && time.Until(ca.Expires()) > 30*24*time.Hour {
 			return ca, nil
 		}
 	}
-	ca, err := tunnel.NewDevCA()
+	ca, err := tunnel.NewCA("Stagely tunnel CA", tunnelCALife)
 	if err != nil {
 		return nil, err
 	}

@@ -151,6 +151,10 @@ func runServer(ctx context.Context, cfg serverConfig, stderr io.Writer, deps ser
 	if err != nil {
 		return err
 	}
+	machines, err := setUpMachines(ctx, cfg.fleet)
+	if err != nil {
+		return err
+	}
 
 	db, err := store.Open(ctx, cfg.databaseURL, 50)
 	if err != nil {
@@ -209,19 +213,25 @@ func runServer(ctx context.Context, cfg serverConfig, stderr io.Writer, deps ser
 
 	rctx, stopWorkers := context.WithCancel(ctx)
 	defer stopWorkers()
-	d, stopFleet, err := startFleet(rctx, cfg.fleet, cfg.webhookSecret, db, shared, clients, log, errc)
+	if cfg.fleet.publicURL == "" {
+		cfg.fleet.publicURL = "http://" + ln.Addr().String()
+	}
+	fp, err := startFleet(rctx, cfg.fleet, machines, cfg.webhookSecret, db, shared, clients, log, errc)
 	if err != nil {
 		return err
 	}
-	defer stopFleet()
-	if d != nil {
-		deps.deployer = d
+	defer fp.stop()
+	defaultProvider := "local"
+	if fp.deployer != nil {
+		deps.deployer = fp.deployer
+		defaultProvider = fp.deployer.ProviderName
+		mux.Handle(agentPath, fp.agent)
 	}
 	workersDone := make(chan struct{})
 	if cfg.workers > 0 {
 		rec, err := reconciler.New(reconciler.Config{
 			DB: db, Wake: shared, Clients: clients, BotLogin: bot, Deployer: deps.deployer,
-			Defaults: repoconfig.Defaults{Provider: repoconfig.Provider{Name: "local"}, TTL: cfg.defaultTTL},
+			Defaults: repoconfig.Defaults{Provider: repoconfig.Provider{Name: defaultProvider}, TTL: cfg.defaultTTL},
 			Workers:  cfg.workers, Lease: cfg.lease, Poll: cfg.poll, Logger: log,
 		})
 		if err != nil {

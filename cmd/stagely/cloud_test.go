@@ -1,0 +1,369 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/client"
+
+	"github.com/stagely-dev/stagely/agent"
+	"github.com/stagely-dev/stagely/cmd/stagely/example"
+	"github.com/stagely-dev/stagely/provisioner"
+	"github.com/stagely-dev/stagely/provisioner/hetzner/hetznerfake"
+)
+
+// clearCloudCredentials keeps the machine's own cloud setup, and AWS's
+// instance metadata service, out of a test.
+func clearCloudCredentials(t *testing.T) {
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+		"AWS_REGION", "AWS_DEFAULT_REGION", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+		"AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN", "HCLOUD_TOKEN"} {
+		t.Setenv(k, "")
+	}
+	t.Setenv("AWS_CONFIG_FILE", os.DevNull)
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", os.DevNull)
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+}
+
+func TestCloudProvidersRefuseToStartWithoutWhatTheyNeed(t *testing.T) {
+	clearCloudCredentials(t)
+	for _, k := range []string{"DATABASE_URL", "WEBHOOK_SECRET", "APP_ID", "APP_KEY_FILE", "APP_KEY", "PROVIDER", "PUBLIC_URL", "TUNNEL_PUBLIC_ADDR"} {
+		t.Setenv("STAGELY_"+k, "")
+	}
+	// Postgres is never reached: the provider is checked first.
+	base := []string{"server", "--database-url", "postgres://nobody@127.0.0.1:1/none", "--app-id", "1", "--app-key", "k",
+		"--webhook-secret", "0123456789abcdef", "--data-dir", t.TempDir()}
+	public := []string{"--public-url", "https://stagely.example.com", "--tunnel-public-addr", "tunnel.example.com:7443"}
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want []string
+	}{
+		{"unknown provider", []string{"--provider", "gcp"}, nil, []string{`--provider "gcp"`, "local, aws, digitalocean, hetzner"}},
+		{"cloud without public addresses", []string{"--provider", "hetzner"}, map[string]string{"HCLOUD_TOKEN": "t"},
+			[]string{"--public-url (STAGELY_PUBLIC_URL)", "--tunnel-public-addr (STAGELY_TUNNEL_PUBLIC_ADDR)"}},
+		{"hetzner without a token", append([]string{"--provider", "hetzner"}, public...), nil, []string{"HCLOUD_TOKEN"}},
+		{"digitalocean without a token", append([]string{"--provider", "digitalocean"}, public...), nil, []string{"DIGITALOCEAN_TOKEN"}},
+		{"aws without a region", append([]string{"--provider", "aws"}, public...), nil, []string{"AWS_REGION"}},
+		{"aws without credentials", append([]string{"--provider", "aws", "--machine-region", "eu-central-1"}, public...), nil, []string{"AWS_ACCESS_KEY_ID"}},
+		{"an agent binary that is not there", append([]string{"--provider", "hetzner", "--agent-binary", "/nonexistent/stagely"}, public...),
+			map[string]string{"HCLOUD_TOKEN": "t"}, []string{"--agent-binary", "/nonexistent/stagely"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			var out, errb bytes.Buffer
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err := run(ctx, append(append([]string{}, base...), tt.args...), &out, &errb)
+			if err == nil {
+				t.Fatal("the server started")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "127.0.0.1:1") || strings.Contains(err.Error(), "connect") {
+				t.Errorf("the server went on to Postgres before checking its provider: %v", err)
+			}
+		})
+	}
+}
+
+func TestAgentBinaryIsServedWithItsChecksum(t *testing.T) {
+	body := bytes.Repeat([]byte("\x7fELF stagely "), 5000)
+	path := filepath.Join(t.TempDir(), "stagely")
+	if err := os.WriteFile(path, body, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ab, err := newAgentBinary(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := sha256.Sum256(body)
+	if ab.sum != hex.EncodeToString(want[:]) {
+		t.Fatalf("sum %s, want %x", ab.sum, want)
+	}
+	srv := httptest.NewServer(ab)
+	defer srv.Close()
+	tests := []struct {
+		method, rng string
+		status      int
+		body        []byte
+	}{
+		{"GET", "", 200, body},
+		{"HEAD", "", 200, nil},
+		{"GET", "bytes=10-19", 206, body[10:20]}, // a download that broke off resumes
+		{"POST", "", 405, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.method+" "+tt.rng, func(t *testing.T) {
+			req, _ := http.NewRequest(tt.method, srv.URL+agentPath, nil)
+			if tt.rng != "" {
+				req.Header.Set("Range", tt.rng)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			got, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tt.status {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tt.status)
+			}
+			if tt.status >= 300 {
+				return
+			}
+			if !bytes.Equal(got, tt.body) {
+				t.Errorf("body of %d bytes, want %d", len(got), len(tt.body))
+			}
+			if resp.Header.Get("X-Checksum-Sha256") != ab.sum {
+				t.Errorf("checksum header %q, want %s", resp.Header.Get("X-Checksum-Sha256"), ab.sum)
+			}
+		})
+	}
+	if _, err := newAgentBinary(t.TempDir()); err == nil {
+		t.Error("a directory was accepted as the agent binary")
+	}
+}
+
+// vms plays the cloud's side of a machine's first boot, as cloud-init
+// does with Stagely's user data on a VM: it downloads the agent from the
+// URL in the user data, refuses it unless its checksum matches, writes
+// the token and CA files and starts `stagely agent` with the agent's
+// environment. Deleting the server kills its agent, as a VM vanishes.
+type vms struct {
+	t    *testing.T
+	dir  string
+	mu   sync.Mutex
+	proc map[int64]*exec.Cmd
+	boot map[int64]provisioner.CloudInit
+}
+
+func newVMs(t *testing.T, cloud *hetznerfake.Cloud) *vms {
+	v := &vms{t: t, dir: t.TempDir(), proc: map[int64]*exec.Cmd{}, boot: map[int64]provisioner.CloudInit{}}
+	cloud.OnBoot(v.start)
+	cloud.OnDelete(v.stop)
+	t.Cleanup(func() {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		for id, cmd := range v.proc {
+			t.Logf("killing the agent of left-over server %d", id)
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	return v
+}
+
+func (v *vms) start(s hetznerfake.Server) {
+	boot, err := provisioner.ParseCloudInit(s.UserData)
+	if err != nil {
+		v.t.Errorf("server %d: user data: %v", s.ID, err)
+		return
+	}
+	resp, err := http.Get(boot.AgentURL)
+	if err != nil {
+		v.t.Errorf("server %d: download the agent: %v", s.ID, err)
+		return
+	}
+	bin, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 {
+		v.t.Errorf("server %d: download the agent: status %d, %v", s.ID, resp.StatusCode, err)
+		return
+	}
+	if sum := sha256.Sum256(bin); hex.EncodeToString(sum[:]) != boot.AgentSHA256 {
+		v.t.Errorf("server %d: the agent downloaded has sha256 %x, the user data says %s", s.ID, sum, boot.AgentSHA256)
+		return
+	}
+	dir := filepath.Join(v.dir, strconv.FormatInt(s.ID, 10))
+	files := []struct {
+		name string
+		data []byte
+		perm os.FileMode
+	}{{"stagely", bin, 0o755}, {"bootstrap-token", []byte(boot.BootstrapToken), 0o600}, {"tunnel-ca.pem", []byte(boot.TunnelCA), 0o644}}
+	if err := os.MkdirAll(filepath.Join(dir, "state"), 0o700); err != nil {
+		v.t.Error(err)
+		return
+	}
+	for _, f := range files {
+		if err := os.WriteFile(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
+			v.t.Error(err)
+			return
+		}
+	}
+	log, err := os.Create(filepath.Join(dir, "output.log"))
+	if err != nil {
+		v.t.Error(err)
+		return
+	}
+	defer log.Close()
+	cmd := exec.Command(filepath.Join(dir, "stagely"), "agent")
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "DOCKER_HOST=" + os.Getenv("DOCKER_HOST"), "STAGELY_LOG_FORMAT=json"},
+		boot.Env(filepath.Join(dir, "bootstrap-token"), filepath.Join(dir, "state"), filepath.Join(dir, "tunnel-ca.pem"))...)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		v.t.Errorf("server %d: start the agent: %v", s.ID, err)
+		return
+	}
+	v.mu.Lock()
+	v.proc[s.ID], v.boot[s.ID] = cmd, boot
+	v.mu.Unlock()
+}
+
+func (v *vms) stop(s hetznerfake.Server) {
+	v.mu.Lock()
+	cmd := v.proc[s.ID]
+	delete(v.proc, s.ID)
+	v.mu.Unlock()
+	if cmd != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}
+}
+
+func (v *vms) booted() map[int64]provisioner.CloudInit {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	out := map[int64]provisioner.CloudInit{}
+	for id, b := range v.boot {
+		out[id] = b
+	}
+	return out
+}
+
+func (v *vms) logs() string {
+	var b strings.Builder
+	files, _ := filepath.Glob(filepath.Join(v.dir, "*", "output.log"))
+	for _, f := range files {
+		out, _ := os.ReadFile(f)
+		fmt.Fprintf(&b, "--- %s\n%s\n", f, out)
+	}
+	return b.String()
+}
+
+// TestPreviewOnACloudMachine runs a pull request's preview on a Hetzner
+// server: the server asks hcloud-go for the machine against a fake of
+// Hetzner's API, the "VM" boots from the user data alone (the agent it
+// downloads from the server, the CA it trusts the tunnel with), and the
+// preview is served through the tunnel; closing the pull request deletes
+// the server.
+func TestPreviewOnACloudMachine(t *testing.T) {
+	ctx := context.Background()
+	clearCloudCredentials(t)
+	cloud := hetznerfake.New(t)
+	t.Setenv("HCLOUD_TOKEN", cloud.Token())
+	machines := newVMs(t, cloud)
+
+	bin, err := example.Build(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWorld(t, example.Files(bin, "hello from a cloud machine"))
+	cfg := w.config(2)
+	tunnel := freeAddr(t)
+	cfg.addr = freeAddr(t)
+	cfg.fleet = fleetConfig{provider: "hetzner", dataDir: t.TempDir(), previewDomain: "preview.localhost",
+		proxyAddr: "127.0.0.1:0", tunnelAddr: tunnel, tunnelPublic: tunnel, publicURL: "http://" + cfg.addr,
+		machineSize: "cx32", machineRegion: "nbg1", cloudEndpoint: cloud.URL()}
+	t.Cleanup(func() { sweepLeftovers(t, w, filepath.Join(t.TempDir(), "none")) })
+	stop := w.serveConfig(cfg)
+	defer stop()
+	defer func() {
+		if t.Failed() {
+			t.Logf("machine logs:\n%s", machines.logs())
+		}
+	}()
+
+	pr := w.openPR("feature")
+	run := w.completed(pr.SHA, "success", 4*time.Minute)
+	eventually(t, 10*time.Second, func() (bool, string) {
+		code, body := get(t, run.DetailsURL)
+		return code == 200 && strings.Contains(body, "hello from a cloud machine"), body
+	})
+
+	servers := cloud.Servers()
+	if len(servers) != 1 {
+		t.Fatalf("%d servers in the cloud, want 1", len(servers))
+	}
+	s := servers[0]
+	env := w.environment(pr.Number)
+	if s.ServerType != "cx32" || s.Location != "nbg1" || s.Labels["stagely-environment"] != idString(env.ID) || len(s.Firewalls) != 1 {
+		t.Errorf("server %+v: want type cx32 in nbg1, labelled with environment %d, behind a firewall", s, env.ID)
+	}
+	boot, ok := machines.booted()[s.ID]
+	if !ok {
+		t.Fatalf("server %d never booted", s.ID)
+	}
+	if boot.ProxyAddr != tunnel || boot.TunnelCA == "" || !strings.HasPrefix(boot.AgentURL, "http://"+w.addr+"/") {
+		t.Errorf("user data: proxy %s, CA %d bytes, agent from %s; want the tunnel at %s, a CA, the agent from this server (%s)",
+			boot.ProxyAddr, len(boot.TunnelCA), boot.AgentURL, tunnel, w.addr)
+	}
+
+	if _, err := w.sim.ClosePR(ctx, owner, repoName, pr.Number, false, "octocat"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Minute, func() (bool, string) {
+		s := w.sticky(pr.Number)
+		return len(s) == 1 && strings.Contains(s[0].Body, "Stagely preview: destroyed"), "not destroyed yet"
+	})
+	if n := len(cloud.Servers()); n != 0 {
+		t.Errorf("%d servers left in the cloud after the pull request closed", n)
+	}
+	dc, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	if left, err := projectLeft(ctx, dc, agent.ProjectName(idString(env.ID))); err != nil || left != "" {
+		t.Errorf("left after destroy: %s (%v)", left, err)
+	}
+}
+
+// Machines trust the tunnel CA they were started with for as long as they
+// live: the server keeps its CA across restarts, and the CA outlives any
+// preview by far.
+func TestTunnelCAOutlivesRestartsAndMachines(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "tunnel-ca.pem"), filepath.Join(dir, "tunnel-ca-key.pem")
+	first, err := devCA(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if life := time.Until(first.Expires()); life < 5*365*24*time.Hour {
+		t.Errorf("the tunnel CA is valid for %s; machines started now would be stranded when it ends", life.Round(time.Hour))
+	}
+	again, err := devCA(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(first.PEM, again.PEM) {
+		t.Error("a restart made a new tunnel CA: every running machine would stop trusting the proxy")
+	}
+	fi, err := os.Stat(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("the CA key file has mode %v; want 0600", fi.Mode().Perm())
+	}
+}
