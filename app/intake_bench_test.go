@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -71,6 +72,8 @@ const (
 	benchSecret        = "bench-webhook-secret-0123456789"
 	// The production server's pool (cmd/stagely/server.go).
 	benchMaxConns = 50
+	// The production server's --gc-percent default (cmd/stagely/server.go).
+	serverGCPercent = 400
 )
 
 // BenchmarkWebhookIntake measures webhook intake throughput and
@@ -88,6 +91,8 @@ const (
 // database afterwards.
 func BenchmarkWebhookIntake(b *testing.B) {
 	ctx := context.Background()
+	// The GC target the server runs with (its --gc-percent default).
+	defer debug.SetGCPercent(debug.SetGCPercent(serverGCPercent))
 	load := newBenchLoad(b)
 
 	floor := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
