@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/uptrace/bun"
+
 	"github.com/stagely-dev/stagely/kv"
 	"github.com/stagely-dev/stagely/store"
 	"github.com/stagely-dev/stagely/store/storetest"
@@ -66,26 +68,40 @@ type downStore struct{ kv.Store }
 func (downStore) Ping(context.Context) error { return errors.New("connection refused") }
 
 func TestReadyzNamesWhatIsDown(t *testing.T) {
-	db, err := store.Open(context.Background(), storetest.NewURL(t), 2)
+	url := storetest.NewURL(t)
+	db, err := store.Open(context.Background(), url, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
+	gone, err := store.Open(context.Background(), url, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone.Close() // as good as a Postgres that went away
 	cases := []struct {
 		name   string
+		db     *bun.DB
 		kv     kv.Store
 		status int
-		body   string
+		body   []string
 	}{
-		{"all up", kv.NewMemory(), http.StatusOK, "ready"},
-		{"valkey down", downStore{kv.NewMemory()}, http.StatusServiceUnavailable, "valkey: connection refused"},
+		{"all up", db, kv.NewMemory(), http.StatusOK, []string{"ready"}},
+		{"valkey down", db, downStore{kv.NewMemory()}, http.StatusServiceUnavailable, []string{"valkey: connection refused"}},
+		{"postgres down", gone, kv.NewMemory(), http.StatusServiceUnavailable, []string{"postgres: "}},
+		{"both down", gone, downStore{kv.NewMemory()}, http.StatusServiceUnavailable, []string{"postgres: ", "valkey: connection refused"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			w := httptest.NewRecorder()
-			readyz(db, c.kv)(w, httptest.NewRequest("GET", "/readyz", nil))
-			if w.Code != c.status || !strings.Contains(w.Body.String(), c.body) {
-				t.Errorf("readyz = %d %q, want %d containing %q", w.Code, w.Body, c.status, c.body)
+			readyz(c.db, c.kv)(w, httptest.NewRequest("GET", "/readyz", nil))
+			if w.Code != c.status {
+				t.Errorf("readyz = %d %q, want %d", w.Code, w.Body, c.status)
+			}
+			for _, b := range c.body {
+				if !strings.Contains(w.Body.String(), b) {
+					t.Errorf("readyz says %q, want it to name %q", w.Body, b)
+				}
 			}
 		})
 	}
