@@ -8,8 +8,10 @@ DATABASE_URL ?= postgres://stagely:stagely@127.0.0.1:5432/stagely?sslmode=disabl
 
 .PHONY: build test lint demo bench migrate services
 
+# A static binary: cloud machines download the server's own binary as
+# their agent (--agent-binary), whatever C library their image has.
 build:
-	$(GO) build -o bin/stagely ./cmd/stagely
+	CGO_ENABLED=0 $(GO) build -o bin/stagely ./cmd/stagely
 
 services:
 	bash scripts/services.sh
