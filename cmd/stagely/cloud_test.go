@@ -3,12 +3,22 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -282,9 +292,11 @@ func TestPreviewOnACloudMachine(t *testing.T) {
 	cfg := w.config(2)
 	tunnel := freeAddr(t)
 	cfg.addr = freeAddr(t)
+	certFile, keyFile, roots := wildcardCert(t, "preview.localhost")
 	cfg.fleet = fleetConfig{provider: "hetzner", dataDir: t.TempDir(), previewDomain: "preview.localhost",
 		proxyAddr: "127.0.0.1:0", tunnelAddr: tunnel, tunnelPublic: tunnel, publicURL: "http://" + cfg.addr,
-		machineSize: "cx32", machineRegion: "nbg1", cloudEndpoint: cloud.URL()}
+		machineSize: "cx32", machineRegion: "nbg1", cloudEndpoint: cloud.URL(),
+		https: previewTLS{addr: "127.0.0.1:0", tlsCertFile: certFile, tlsKeyFile: keyFile}}
 	t.Cleanup(func() { sweepLeftovers(t, w, filepath.Join(t.TempDir(), "none")) })
 	stop := w.serveConfig(cfg)
 	defer stop()
@@ -296,8 +308,11 @@ func TestPreviewOnACloudMachine(t *testing.T) {
 
 	pr := w.openPR("feature")
 	run := w.completed(pr.SHA, "success", 4*time.Minute)
+	if !strings.HasPrefix(run.DetailsURL, "https://") {
+		t.Fatalf("details_url %q: with --https-addr, previews are https", run.DetailsURL)
+	}
 	eventually(t, 10*time.Second, func() (bool, string) {
-		code, body := get(t, run.DetailsURL)
+		code, body := getTLS(t, run.DetailsURL, roots)
 		return code == 200 && strings.Contains(body, "hello from a cloud machine"), body
 	})
 
@@ -326,6 +341,9 @@ func TestPreviewOnACloudMachine(t *testing.T) {
 		s := w.sticky(pr.Number)
 		return len(s) == 1 && strings.Contains(s[0].Body, "Stagely preview: destroyed"), "not destroyed yet"
 	})
+	if code, _ := getTLS(t, run.DetailsURL, roots); code != http.StatusNotFound {
+		t.Errorf("after destroy the preview answers %d, want 404", code)
+	}
 	if n := len(cloud.Servers()); n != 0 {
 		t.Errorf("%d servers left in the cloud after the pull request closed", n)
 	}
@@ -365,5 +383,99 @@ func TestTunnelCAOutlivesRestartsAndMachines(t *testing.T) {
 	}
 	if fi.Mode().Perm() != 0o600 {
 		t.Errorf("the CA key file has mode %v; want 0600", fi.Mode().Perm())
+	}
+}
+
+// wildcardCert writes a certificate for *.domain, signed by a CA of its
+// own, and returns its files and a pool holding the CA.
+func wildcardCert(t *testing.T, domain string) (certFile, keyFile string, roots *x509.CertPool) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test preview CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "*." + domain},
+		DNSNames: []string{"*." + domain}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile = writeTestFile(t, dir, "cert.pem", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+	keyFile = writeTestFile(t, dir, "key.pem", string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})))
+	roots = x509.NewCertPool()
+	roots.AddCert(ca)
+	return certFile, keyFile, roots
+}
+
+// getTLS fetches an https preview URL, verifying the certificate against
+// roots; like get, it dials the loopback whatever the name.
+func getTLS(t testing.TB, raw string, roots *x509.CertPool) (int, string) {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots},
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, net.JoinHostPort("127.0.0.1", u.Port()))
+		},
+	}}
+	resp, err := c.Get(raw)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestServerHTTPSSettingsAreChecked(t *testing.T) {
+	for _, k := range []string{"DATABASE_URL", "WEBHOOK_SECRET", "APP_ID", "APP_KEY_FILE", "APP_KEY", "PROVIDER", "HTTPS_ADDR", "TLS_MODE", "TLS_CERT_FILE", "TLS_KEY_FILE"} {
+		t.Setenv("STAGELY_"+k, "")
+	}
+	base := []string{"server", "--database-url", "postgres://nobody@127.0.0.1:1/none", "--app-id", "1", "--app-key", "k",
+		"--webhook-secret", "0123456789abcdef", "--data-dir", t.TempDir()}
+	tests := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"https without a provider", []string{"--https-addr", ":8443", "--tls-mode", "file", "--tls-cert-file", "c", "--tls-key-file", "k"},
+			[]string{"--https-addr (STAGELY_HTTPS_ADDR)", "--provider (STAGELY_PROVIDER)"}},
+		{"https without certificates", []string{"--provider", "local", "--https-addr", ":8443"}, []string{"--tls-mode (STAGELY_TLS_MODE)"}},
+		{"file mode without its files", []string{"--provider", "local", "--https-addr", ":8443", "--tls-mode", "file"}, []string{"--tls-cert-file (STAGELY_TLS_CERT_FILE)"}},
+		{"wildcard without a DNS provider", []string{"--provider", "local", "--https-addr", ":8443", "--tls-mode", "wildcard"}, []string{"--dns-provider (STAGELY_DNS_PROVIDER)"}},
+		{"certificate files that are not there", []string{"--provider", "local", "--proxy-addr", "127.0.0.1:0", "--tunnel-addr", "127.0.0.1:0",
+			"--https-addr", "127.0.0.1:0", "--tls-cert-file", "/nonexistent/cert.pem", "--tls-key-file", "/nonexistent/key.pem"},
+			[]string{"--tls-cert-file/--tls-key-file", "/nonexistent/cert.pem"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err := run(ctx, append(append([]string{}, base...), tt.args...), &out, &errb)
+			if err == nil {
+				t.Fatal("the server started")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %q", err, w)
+				}
+			}
+		})
 	}
 }

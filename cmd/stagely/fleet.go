@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/hkdf"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -50,6 +51,7 @@ type fleetConfig struct {
 	machineRegion string
 	machineImage  string
 	cloudEndpoint string
+	https         previewTLS
 }
 
 // providers are the values --provider takes, with the names .stagely.yml
@@ -61,7 +63,7 @@ func (c *fleetConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.dataDir, "data-dir", "stagely-data", "local state: the tunnel's CA and local machines")
 	fs.StringVar(&c.previewDomain, "preview-domain", "preview.localhost", "previews are served at <hash>.<preview-domain>")
 	fs.StringVar(&c.proxyAddr, "proxy-addr", "127.0.0.1:8081", "public plain-HTTP address of the in-process preview proxy")
-	fs.StringVar(&c.previewPort, "preview-port", "", "port shown in preview URLs; default the port of --proxy-addr (empty for 80)")
+	fs.StringVar(&c.previewPort, "preview-port", "", "port shown in preview URLs; default the port of --https-addr, else of --proxy-addr (empty for 443 and 80)")
 	fs.StringVar(&c.tunnelAddr, "tunnel-addr", "127.0.0.1:7443", "listen address of the tunnel agents dial")
 	fs.StringVar(&c.tunnelPublic, "tunnel-public-addr", "", "the tunnel address as agents dial it (required for cloud providers); default --tunnel-addr")
 	fs.StringVar(&c.agentCommand, "agent-command", "", "local provider: the agent command line; default this binary's `agent`")
@@ -71,25 +73,40 @@ func (c *fleetConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.machineRegion, "machine-region", "", "cloud providers: region when .stagely.yml names none (AWS's configured region, fra1, fsn1 by default)")
 	fs.StringVar(&c.machineImage, "machine-image", "", "cloud providers: image when .stagely.yml names none (Ubuntu 24.04 by default)")
 	fs.StringVar(&c.cloudEndpoint, "cloud-endpoint", "", "cloud providers: the cloud API's base URL; default the cloud's own")
+	c.https.register(fs, "Stagely servers")
 }
 
 // machineSetup is what the server checks before it touches anything else:
 // the provider with its credentials, and the agent binary machines get.
 type machineSetup struct {
-	provider provisioner.Provider
-	agent    *agentBinary
-	dataDir  string
+	provider  provisioner.Provider
+	agent     *agentBinary
+	dataDir   string
+	valkeyURL string // for certificates shared between servers
 }
 
 // setUpMachines makes the --provider's machine provider and reads the
 // agent binary; nil without a provider. It fails, naming what is missing,
 // on settings or credentials a provider cannot work without.
-func setUpMachines(ctx context.Context, fc fleetConfig) (*machineSetup, error) {
+func setUpMachines(ctx context.Context, fc fleetConfig, valkeyURL string) (*machineSetup, error) {
 	if fc.provider == "" {
+		if fc.https.addr != "" {
+			return nil, fmt.Errorf("%s serves previews, and without %s there are none", setting("https-addr"), setting("provider"))
+		}
 		return nil, nil
 	}
 	if !slices.Contains(providers, fc.provider) {
 		return nil, fmt.Errorf("--provider %q: want one of %s", fc.provider, strings.Join(providers, ", "))
+	}
+	if err := fc.https.check(fc.previewDomain, valkeyURL); err != nil {
+		return nil, err
+	}
+	if fc.https.mode() == tlsModeFile {
+		// Read now, so that a wrong file fails the start before anything
+		// else is touched; the proxy reads it again when it starts.
+		if _, err := tls.LoadX509KeyPair(fc.https.tlsCertFile, fc.https.tlsKeyFile); err != nil {
+			return nil, fmt.Errorf("--tls-cert-file/--tls-key-file: %w", err)
+		}
 	}
 	if fc.provider != "local" {
 		if err := missing(map[string]bool{"public-url": fc.publicURL == "", "tunnel-public-addr": fc.tunnelPublic == ""}); err != nil {
@@ -119,7 +136,7 @@ func setUpMachines(ctx context.Context, fc fleetConfig) (*machineSetup, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &machineSetup{provider: prov, agent: agentBin, dataDir: dataDir}, nil
+	return &machineSetup{provider: prov, agent: agentBin, dataDir: dataDir, valkeyURL: valkeyURL}, nil
 }
 
 // fleetParts are what startFleet hands the server.
@@ -142,7 +159,7 @@ func startFleet(ctx context.Context, fc fleetConfig, ms *machineSetup, webhookSe
 	if ms == nil {
 		return &fleetParts{stop: func() {}}, nil
 	}
-	dataDir, prov, agentBin := ms.dataDir, ms.provider, ms.agent
+	dataDir, prov, agentBin, valkeyURL := ms.dataDir, ms.provider, ms.agent, ms.valkeyURL
 	ca, err := devCA(filepath.Join(dataDir, "tunnel-ca.pem"), filepath.Join(dataDir, "tunnel-ca-key.pem"))
 	if err != nil {
 		return nil, err
@@ -169,7 +186,12 @@ func startFleet(ctx context.Context, fc fleetConfig, ms *machineSetup, webhookSe
 	control := &protocol.Server{Handler: handler, MaxWait: 25 * time.Second}
 	primary := func(hash string) string { return hash + "." + fc.previewDomain }
 	auth := &fleet.TunnelAuth{DB: db, PrimaryHost: primary}
+	// The certificate manager, started once the proxy exists (on-demand
+	// issuance asks it for live routes), answers ACME HTTP-01 challenges
+	// on the plain HTTP listener, which starts after it.
+	var certsTLS *startedTLS
 	px, err := proxy.New(proxy.Config{
+		WrapPlainHTTP: func(h http.Handler) http.Handler { return certsTLS.wrapPlainHTTP(h) },
 		PreviewDomain: fc.previewDomain,
 		TunnelTLS:     tunnelTLS,
 		Authenticator: auth,
@@ -187,20 +209,55 @@ func startFleet(ctx context.Context, fc fleetConfig, ms *machineSetup, webhookSe
 	if err != nil {
 		return nil, err
 	}
+	certsTLS, err = fc.https.start(ctx, fc.previewDomain, px, valkeyURL, valkeyURL != "", log)
+	if err != nil {
+		px.Close()
+		return nil, err
+	}
 	if n, err := auth.PrimeRoutes(ctx, px.Routes()); err != nil {
+		certsTLS.close()
 		px.Close()
 		return nil, err
 	} else if n > 0 {
 		log.Info().Int("hosts", n).Msg("routes of running previews restored; each is live again when its agent reconnects")
 	}
-	tln, err := net.Listen("tcp", fc.tunnelAddr)
-	if err != nil {
-		return nil, fmt.Errorf("--tunnel-addr %s: %w", fc.tunnelAddr, err)
+	var lns []net.Listener
+	listen := func(setting, addr string) (net.Listener, error) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			certsTLS.close()
+			px.Close()
+			return nil, fmt.Errorf("--%s %s: %w", setting, addr, err)
+		}
+		lns = append(lns, ln)
+		return ln, nil
 	}
-	pln, err := net.Listen("tcp", fc.proxyAddr)
+	tln, err := listen("tunnel-addr", fc.tunnelAddr)
 	if err != nil {
-		tln.Close()
-		return nil, fmt.Errorf("--proxy-addr %s: %w", fc.proxyAddr, err)
+		return nil, err
+	}
+	pln, err := listen("proxy-addr", fc.proxyAddr)
+	if err != nil {
+		return nil, err
+	}
+	scheme, port := "http", fc.previewPort
+	if port == "" {
+		_, port, _ = net.SplitHostPort(pln.Addr().String())
+	}
+	if fc.https.addr != "" {
+		sln, err := listen("https-addr", fc.https.addr)
+		if err != nil {
+			return nil, err
+		}
+		scheme = "https"
+		if fc.previewPort == "" {
+			_, port, _ = net.SplitHostPort(sln.Addr().String())
+		}
+		go func() { errc <- ignoreClosed(px.ServeTLS(ctx, sln, certsTLS.config)) }()
+		log.Info().Str("https", sln.Addr().String()).Str("tls_mode", fc.https.mode()).Msg("previews served over HTTPS")
 	}
 	go func() { errc <- ignoreClosed(px.ServeTunnel(ctx, tln)) }()
 	stop := func() {
@@ -209,12 +266,9 @@ func startFleet(ctx context.Context, fc fleetConfig, ms *machineSetup, webhookSe
 		if err := px.Shutdown(sctx); err != nil {
 			px.Close()
 		}
+		certsTLS.close()
 	}
 	go func() { errc <- ignoreClosed(px.Serve(ctx, pln)) }()
-	port := fc.previewPort
-	if port == "" {
-		_, port, _ = net.SplitHostPort(pln.Addr().String())
-	}
 	tunnelPublic := fc.tunnelPublic
 	if tunnelPublic == "" {
 		tunnelPublic = tln.Addr().String()
@@ -235,10 +289,10 @@ func startFleet(ctx context.Context, fc fleetConfig, ms *machineSetup, webhookSe
 			return hash + "-" + name + "." + fc.previewDomain
 		},
 		PreviewURL: func(host string) string {
-			if port == "" || port == "80" {
-				return "http://" + host
+			if port == "" || scheme == "http" && port == "80" || scheme == "https" && port == "443" {
+				return scheme + "://" + host
 			}
-			return "http://" + host + ":" + port
+			return scheme + "://" + host + ":" + port
 		},
 		Routes:       px.Routes(),
 		Launch:       launchWait(fc.provider),

@@ -56,7 +56,8 @@ func TestHelpListsEverySettingWithItsVariable(t *testing.T) {
 	_ = run(context.Background(), []string{"server", "--help"}, &out, &errb)
 	help := errb.String() + out.String()
 	for _, name := range []string{"addr", "database-url", "valkey-url", "webhook-secret", "github-url", "app-id", "app-key-file", "app-key", "workers", "lease", "poll", "log-level",
-		"provider", "public-url", "tunnel-public-addr", "agent-binary", "machine-size", "machine-region", "machine-image", "cloud-endpoint"} {
+		"provider", "public-url", "tunnel-public-addr", "agent-binary", "machine-size", "machine-region", "machine-image", "cloud-endpoint",
+		"https-addr", "tls-mode", "tls-cert-file", "acme-directory", "dns-provider", "cert-storage", "gc-percent"} {
 		if !strings.Contains(help, "--"+name+", "+envName(name)) {
 			t.Errorf("--help does not list --%s with %s", name, envName(name))
 		}

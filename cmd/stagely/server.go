@@ -160,7 +160,7 @@ func runServer(ctx context.Context, cfg serverConfig, stderr io.Writer, deps ser
 		// (BenchmarkWebhookIntake); the heap it bounds is small.
 		debug.SetGCPercent(cfg.gcPercent)
 	}
-	machines, err := setUpMachines(ctx, cfg.fleet)
+	machines, err := setUpMachines(ctx, cfg.fleet, cfg.valkeyURL)
 	if err != nil {
 		return err
 	}
