@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/uptrace/bun"
@@ -139,6 +140,15 @@ func (d *Deployer) Deploy(ctx context.Context, req reconciler.DeployRequest, pro
 			Step:   StepProvision,
 			Reason: fmt.Sprintf(".stagely.yml asks for %s machines; this Stagely server makes %s machines", want, d.ProviderName),
 			Hint:   fmt.Sprintf("set provider.name to %s in .stagely.yml, or remove it to take the server's default", d.ProviderName),
+		}
+	}
+	if len(cfg.Secrets) > 0 {
+		// Deploying without them would start an app that lacks what it
+		// was promised, and fail later, somewhere less clear.
+		return reconciler.DeployResult{}, &reconciler.DeployError{
+			Step:   StepProvision,
+			Reason: fmt.Sprintf(".stagely.yml names secrets (%s), and this Stagely server has no secret store yet", strings.Join(cfg.Secrets, ", ")),
+			Hint:   "remove secrets from .stagely.yml; pass non-secret settings under env",
 		}
 	}
 	start := time.Now()

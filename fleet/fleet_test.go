@@ -248,7 +248,7 @@ func newEnvironmentFor(t *testing.T, db *bun.DB, pr int) int64 {
 	return id
 }
 
-func TestDeployRefusesAnotherProvidersMachines(t *testing.T) {
+func TestDeployRefusesWhatItCannotGive(t *testing.T) {
 	db := storetest.New(t)
 	ctx := context.Background()
 	prov := &machines{created: map[string]provisioner.Spec{}, gone: map[string]bool{}}
@@ -268,6 +268,7 @@ func TestDeployRefusesAnotherProvidersMachines(t *testing.T) {
 		{"local asked of a cloud server", "provider: {name: local}\n", true},
 		{"the server's own provider", "provider: {name: hetzner, size: cx32}\n", false},
 		{"no provider", "", false},
+		{"secrets, which this server cannot hold", "secrets: [API_KEY, DB_PASSWORD]\n", true},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -283,14 +284,15 @@ func TestDeployRefusesAnotherProvidersMachines(t *testing.T) {
 			defer cancel()
 			_, err = d.Deploy(dctx, reconciler.DeployRequest{Target: target, SHA: "deadbeef", Generation: 1, Config: cfg}, func([]checks.Step) {})
 			var de *reconciler.DeployError
-			refused := errors.As(err, &de) && de.Step == fleet.StepProvision && strings.Contains(de.Reason, "this Stagely server makes hetzner machines")
+			refused := errors.As(err, &de) && de.Step == fleet.StepProvision &&
+				(strings.Contains(de.Reason, "this Stagely server makes hetzner machines") || strings.Contains(de.Reason, "secrets (API_KEY, DB_PASSWORD)"))
 			if refused != tt.refused {
 				t.Fatalf("Deploy = %v; refused for the provider: %v, want %v", err, refused, tt.refused)
 			}
 			prov.mu.Lock()
 			n := len(prov.created)
 			prov.mu.Unlock()
-			if tt.refused && (n != 0 || de.Retryable || !strings.Contains(de.Hint, "hetzner")) {
+			if tt.refused && (n != 0 || de.Retryable || de.Hint == "") {
 				t.Errorf("refusal made %d machines, retryable %v, hint %q", n, de.Retryable, de.Hint)
 			}
 			if !tt.refused && n != 1 {
