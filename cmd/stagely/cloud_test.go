@@ -150,6 +150,24 @@ func TestAgentBinaryIsServedWithItsChecksum(t *testing.T) {
 			}
 		})
 	}
+	// An upgrade renames a new binary into place: what is served is still
+	// the binary the checksum was taken of.
+	next := filepath.Join(filepath.Dir(path), "stagely.new")
+	if err := os.WriteFile(next, []byte("a newer build"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(next, path); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get(srv.URL + agentPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if sum := sha256.Sum256(got); hex.EncodeToString(sum[:]) != ab.sum {
+		t.Errorf("after the binary was replaced on disk, the server serves bytes whose sha256 is %x, not %s", sum, ab.sum)
+	}
 	if _, err := newAgentBinary(t.TempDir()); err == nil {
 		t.Error("a directory was accepted as the agent binary")
 	}

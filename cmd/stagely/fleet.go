@@ -351,9 +351,13 @@ func newProvider(ctx context.Context, fc fleetConfig, dataDir, self string) (pro
 const agentPath = "/agent/stagely"
 
 // agentBinary serves the stagely binary that machines download and run as
-// their agent; the cloud-init checks it against sum before running it.
+// their agent; the cloud-init checks it against sum before running it. The
+// file is held open from start, so that a binary replaced on disk (an
+// upgrade that renames a new one into place) does not change what is
+// served under the old checksum.
 type agentBinary struct {
-	path string
+	f    *os.File
+	size int64
 	sum  string
 	mod  time.Time
 }
@@ -363,19 +367,21 @@ func newAgentBinary(path string) (*agentBinary, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
+		f.Close()
 		return nil, err
 	}
 	if !st.Mode().IsRegular() {
+		f.Close()
 		return nil, fmt.Errorf("%s is not a regular file", path)
 	}
 	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, st.Size())); err != nil {
+		f.Close()
 		return nil, fmt.Errorf("checksum %s: %w", path, err)
 	}
-	return &agentBinary{path: path, sum: hex.EncodeToString(h.Sum(nil)), mod: st.ModTime()}, nil
+	return &agentBinary{f: f, size: st.Size(), sum: hex.EncodeToString(h.Sum(nil)), mod: st.ModTime()}, nil
 }
 
 func (b *agentBinary) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -384,19 +390,13 @@ func (b *agentBinary) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	f, err := os.Open(b.path)
-	if err != nil {
-		http.Error(w, "the agent binary is not available", http.StatusServiceUnavailable)
-		return
-	}
-	defer f.Close()
 	// The server's write timeout suits webhooks, not tens of megabytes to
 	// a machine on a slow link.
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(15 * time.Minute))
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("ETag", `"`+b.sum+`"`)
 	w.Header().Set("X-Checksum-Sha256", b.sum)
-	http.ServeContent(w, r, "stagely", b.mod, f)
+	http.ServeContent(w, r, "stagely", b.mod, io.NewSectionReader(b.f, 0, b.size))
 }
 
 func ignoreClosed(err error) error {
