@@ -34,6 +34,10 @@ type Agent struct {
 	// while the server cannot be reached or the stream breaks off; zero
 	// means 10 minutes.
 	SourceRetryFor time.Duration
+	// LogFlush is how long the log lines still queued when a deployment
+	// is done may take to reach the server; zero means 30s. Steps are not
+	// bound by it: they are sent until they land.
+	LogFlush time.Duration
 }
 
 // Run serves deployments until ctx ends (it then returns nil) or the
@@ -80,8 +84,12 @@ func (a *Agent) Run(ctx context.Context) error {
 // apply acts on one deployment and reports it.
 func (a *Agent) apply(ctx context.Context, d *protocol.Deployment, follow *follower) {
 	rep := newRemoteReporter(ctx, a.Client, d.EnvironmentID, d.Generation, a.LogLines, a.Logf)
+	logFlush := a.LogFlush
+	if logFlush <= 0 {
+		logFlush = 30 * time.Second
+	}
 	defer func() {
-		flush, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		flush, cancel := context.WithTimeout(context.WithoutCancel(ctx), logFlush)
 		defer cancel()
 		rep.Close(flush)
 	}()
@@ -196,13 +204,19 @@ func (a *Agent) fetchSource(ctx context.Context, d *protocol.Deployment) (*os.Fi
 var errSourceTooLarge = errors.New("source archive over the size limit")
 
 func retryableSource(err error) bool {
-	for _, permanent := range []error{protocol.ErrNotFound, protocol.ErrBadRequest, protocol.ErrUnauthorized,
-		protocol.ErrTokenUsed, errSourceTooLarge} {
-		if errors.Is(err, permanent) {
-			return false
+	return !refused(err) && !errors.Is(err, errSourceTooLarge)
+}
+
+// refused reports whether err is the server's definite answer to a call,
+// which asking again would not change; anything else (a cut connection, a
+// server restarting) is worth another try.
+func refused(err error) bool {
+	for _, definite := range []error{protocol.ErrNotFound, protocol.ErrBadRequest, protocol.ErrUnauthorized, protocol.ErrTokenUsed} {
+		if errors.Is(err, definite) {
+			return true
 		}
 	}
-	return true
+	return false
 }
 
 func (a *Agent) spoolSource(ctx context.Context, d *protocol.Deployment, max int64) (*os.File, protocol.SourceInfo, error) {

@@ -16,8 +16,10 @@ const logBatch = 500
 
 // remoteReporter ships one generation's steps and log lines to the server.
 // Steps queue without bound (a deploy has a handful) and are sent in
-// order, retried until they land; log lines go through a bounded
-// logs.Buffer, so a slow server costs dropped lines, never a blocked build.
+// order, retried until they land: the server decides on them, so a step
+// is given up only when the server refuses it or the agent stops. Log
+// lines go through a bounded logs.Buffer, so a slow server costs dropped
+// lines, never a blocked build.
 type remoteReporter struct {
 	client *protocol.Client
 	req    protocol.LogsRequest
@@ -29,23 +31,25 @@ type remoteReporter struct {
 	closed bool
 	ready  chan struct{}
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	cancelLogs context.CancelFunc
+	stepsDone  chan struct{}
+	logsDone   chan struct{}
 }
 
 func newRemoteReporter(ctx context.Context, c *protocol.Client, env string, gen int64, lines int, logf func(string, ...any)) *remoteReporter {
-	ctx, cancel := context.WithCancel(ctx)
+	logCtx, cancelLogs := context.WithCancel(ctx)
 	r := &remoteReporter{
-		client: c,
-		req:    protocol.LogsRequest{EnvironmentID: env, Generation: gen},
-		buf:    logs.NewBuffer(lines),
-		logf:   logf,
-		ready:  make(chan struct{}, 1),
-		cancel: cancel,
+		client:     c,
+		req:        protocol.LogsRequest{EnvironmentID: env, Generation: gen},
+		buf:        logs.NewBuffer(lines),
+		logf:       logf,
+		ready:      make(chan struct{}, 1),
+		cancelLogs: cancelLogs,
+		stepsDone:  make(chan struct{}),
+		logsDone:   make(chan struct{}),
 	}
-	r.wg.Add(2)
-	go r.shipSteps(ctx)
-	go r.shipLogs(ctx)
+	go func() { defer close(r.stepsDone); r.shipSteps(ctx) }()
+	go func() { defer close(r.logsDone); r.shipLogs(logCtx) }()
 	return r
 }
 
@@ -63,7 +67,10 @@ func (r *remoteReporter) Step(s protocol.StepReport) {
 // Log implements Reporter.
 func (r *remoteReporter) Log(l protocol.LogLine) { r.buf.Add(l) }
 
-// Close sends what is queued, waiting until ctx ends at most, then stops.
+// Close waits until every step has landed (or the server refused one, or
+// the agent is stopping: the steps are what the server decides on, and a
+// server that is restarting takes them once it is back), and sends the
+// log lines still queued until ctx ends at most.
 func (r *remoteReporter) Close(ctx context.Context) {
 	r.mu.Lock()
 	r.closed = true
@@ -73,22 +80,17 @@ func (r *remoteReporter) Close(ctx context.Context) {
 	case r.ready <- struct{}{}:
 	default:
 	}
-	done := make(chan struct{})
-	go func() {
-		r.wg.Wait()
-		close(done)
-	}()
+	<-r.stepsDone
 	select {
-	case <-done:
+	case <-r.logsDone:
 	case <-ctx.Done():
-		r.cancel()
-		<-done
+		r.cancelLogs()
+		<-r.logsDone
 	}
-	r.cancel()
+	r.cancelLogs()
 }
 
 func (r *remoteReporter) shipSteps(ctx context.Context) {
-	defer r.wg.Done()
 	for {
 		r.mu.Lock()
 		var next *protocol.StepReport
@@ -116,7 +118,13 @@ func (r *remoteReporter) shipSteps(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			r.logf("environment %s: report step %s: %v", r.req.EnvironmentID, next.Name, err)
+			if refused(err) {
+				// The server's definite answer (the token was revoked, the
+				// environment is gone): sending it again cannot help.
+				r.logf("environment %s: report step %s: %v; given up", r.req.EnvironmentID, next.Name, err)
+				break
+			}
+			r.logf("environment %s: report step %s: %v; retrying", r.req.EnvironmentID, next.Name, err)
 			if !b.wait(ctx) {
 				return
 			}
@@ -128,7 +136,6 @@ func (r *remoteReporter) shipSteps(ctx context.Context) {
 }
 
 func (r *remoteReporter) shipLogs(ctx context.Context) {
-	defer r.wg.Done()
 	var stream *protocol.LogStream
 	defer func() {
 		if stream != nil {
