@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -323,6 +324,16 @@ func TestPullRequestLifecycle(t *testing.T) {
 		return len(w.runs(pr.SHA)) == 1 && len(w.sticky(pr.Number)) == 1, "no check run and comment yet"
 	})
 	t.Logf("check run and comment after %s", time.Since(start))
+	// The run is created queued, as soon as the pull request is seen.
+	var created []string
+	for _, r := range w.sim.Requests() {
+		if r.Method == "POST" && strings.HasSuffix(r.Path, "/check-runs") {
+			created = append(created, string(r.Body))
+		}
+	}
+	if len(created) == 0 || !strings.Contains(created[0], `"status":"queued"`) {
+		t.Errorf("the first check run was not created queued: %q", created)
+	}
 	run := w.completed(pr.SHA, "success", 5*time.Second)
 	env := w.environment(pr.Number)
 	url := reconcilertest.PreviewURL(reconciler.Target{Hash: env.Hash})
@@ -539,9 +550,13 @@ func TestRepositoryConfigProblemsAreReported(t *testing.T) {
 		files      map[string]string
 		conclusion string
 		want       []string
+		// comment is what the sticky comment says besides: for a
+		// repository not enabled, how to enable it.
+		comment []string
 	}{
-		{"not enabled", map[string]string{"README.md": "hi"}, "neutral", []string{".stagely.yml"}},
-		{"invalid", map[string]string{".stagely.yml": "version: 1\npreviews:\n  - name: web\n    service: web\n    port: 99999\n"}, "failure", []string{"line 5", "port"}},
+		{"not enabled", map[string]string{"README.md": "hi"}, "neutral", []string{".stagely.yml"},
+			[]string{"not enabled", "add a `.stagely.yml` at the root", "previews:", "/stagely redeploy"}},
+		{"invalid", map[string]string{".stagely.yml": "version: 1\npreviews:\n  - name: web\n    service: web\n    port: 99999\n"}, "failure", []string{"line 5", "port"}, nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -555,7 +570,7 @@ func TestRepositoryConfigProblemsAreReported(t *testing.T) {
 				if len(s) != 1 {
 					return false, "no sticky comment"
 				}
-				for _, want := range c.want {
+				for _, want := range append(slices.Clone(c.want), c.comment...) {
 					if !strings.Contains(s[0].Body, want) {
 						return false, "sticky comment lacks " + want + ":\n" + s[0].Body
 					}
