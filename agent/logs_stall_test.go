@@ -5,8 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"io"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -64,32 +62,6 @@ func (s *stalledLogs) Logs(ctx context.Context, id protocol.Identity, req protoc
 
 func (s *stalledLogs) resume() { s.releaseOnce.Do(func() { close(s.release) }) }
 
-// runStallAgent is runAgent with a log buffer of the given capacity.
-func runStallAgent(t *testing.T, e *agent.Engine, h protocol.Handler, logLines int) {
-	ps := &protocol.Server{Handler: h}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	client := &protocol.Client{Token: "agent-token", Dial: func(context.Context) (io.ReadWriteCloser, error) {
-		a, b := net.Pipe()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ps.ServeStream(ctx, b)
-		}()
-		return a, nil
-	}}
-	a := &agent.Agent{Engine: e, Client: client, PollWait: 2 * time.Second, LogLines: logLines, Logf: t.Logf}
-	runDone := make(chan error, 1)
-	go func() { runDone <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-runDone; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		wg.Wait()
-	})
-}
-
 // A server that takes no log line never holds up a deploy: the deploy
 // finishes, every step reported, while the log receiver is stalled and
 // the agent's small log buffer overflows; once the receiver resumes it
@@ -99,7 +71,7 @@ func TestDeployFinishesWhileTheLogReceiverIsStalledAndReportsTheDroppedLines(t *
 	e := newEngine(t, d)
 	env := failuresEnv(t, d, "stall")
 	srv := newStalledLogs()
-	runStallAgent(t, e, srv, stallLogLines)
+	runAgent(t, e, srv, func(a *agent.Agent) { a.LogLines = stallLogLines })
 	// Should the test end early, the receiver resumes before the agent
 	// is stopped, so that a deploy stuck on its logs can end.
 	t.Cleanup(srv.resume)

@@ -5,9 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"os"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -47,30 +45,15 @@ func TestStepsLandAfterAServerOutageLongerThanTheLogFlush(t *testing.T) {
 	env := uniqueEnv(t, d, "outage")
 	var down atomic.Bool
 	srv := newServer()
-	ps := &protocol.Server{Handler: cutOffAfterSource{server: srv, down: &down}}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	client := &protocol.Client{Token: "agent-token", Dial: func(context.Context) (io.ReadWriteCloser, error) {
-		if down.Load() {
-			return nil, errors.New("dial proxy: connection refused")
+	runAgent(t, e, cutOffAfterSource{server: srv, down: &down}, func(a *agent.Agent) {
+		a.LogFlush = 100 * time.Millisecond
+		dial := a.Client.Dial
+		a.Client.Dial = func(ctx context.Context) (io.ReadWriteCloser, error) {
+			if down.Load() {
+				return nil, errors.New("dial proxy: connection refused")
+			}
+			return dial(ctx)
 		}
-		a, b := net.Pipe()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ps.ServeStream(context.WithValue(ctx, pipeKey{}, b), b)
-		}()
-		return a, nil
-	}}
-	a := &agent.Agent{Engine: e, Client: client, PollWait: 2 * time.Second, Logf: t.Logf, LogFlush: 100 * time.Millisecond}
-	runDone := make(chan error, 1)
-	go func() { runDone <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-runDone; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		wg.Wait()
 	})
 
 	// No compose file: the deploy ends at once, at the compose step,

@@ -114,8 +114,9 @@ type pipeKey struct{}
 
 // runAgent runs an Agent deploying with e for the in-memory server h, over
 // pipes, until the test ends. Each call's context on the server's side
-// carries its pipe (pipeKey), so a handler can cut the connection.
-func runAgent(t *testing.T, e *agent.Engine, h protocol.Handler) {
+// carries its pipe (pipeKey), so a handler can cut the connection. tweaks
+// edit the Agent (and its Client) before it runs.
+func runAgent(t *testing.T, e *agent.Engine, h protocol.Handler, tweaks ...func(*agent.Agent)) {
 	ps := &protocol.Server{Handler: h}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -129,6 +130,9 @@ func runAgent(t *testing.T, e *agent.Engine, h protocol.Handler) {
 		return a, nil
 	}}
 	a := &agent.Agent{Engine: e, Client: client, PollWait: 2 * time.Second, Logf: t.Logf}
+	for _, tweak := range tweaks {
+		tweak(a)
+	}
 	runDone := make(chan error, 1)
 	go func() { runDone <- a.Run(ctx) }()
 	t.Cleanup(func() {

@@ -1,6 +1,7 @@
 package repoconfig
 
 import (
+	"slices"
 	"strings"
 	"time"
 )
@@ -156,6 +157,10 @@ const (
 
 // providers are the valid provider names.
 var providers = []string{"local", "aws", "digitalocean", "hetzner"}
+
+// Providers returns the valid provider names: the server's --provider
+// takes the same.
+func Providers() []string { return slices.Clone(providers) }
 
 // MarshalYAML renders c in the file format, so that Parse of the result
 // yields c again. Defaults Parse would fill are written out explicitly.

@@ -7,7 +7,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
@@ -15,10 +14,8 @@ import (
 	"fmt"
 	"io"
 	"math/big"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -49,14 +46,35 @@ func clearCloudCredentials(t *testing.T) {
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 }
 
-func TestCloudProvidersRefuseToStartWithoutWhatTheyNeed(t *testing.T) {
-	clearCloudCredentials(t)
-	for _, k := range []string{"DATABASE_URL", "WEBHOOK_SECRET", "APP_ID", "APP_KEY_FILE", "APP_KEY", "PROVIDER", "PUBLIC_URL", "TUNNEL_PUBLIC_ADDR"} {
+// refusedStart runs `stagely server` with the required settings and args,
+// expecting it to refuse to start with an error naming each of want; it
+// returns that error. Its Postgres is an address nothing answers on, and
+// the settings of the machine's environment are kept out.
+func refusedStart(t *testing.T, args, want []string) error {
+	t.Helper()
+	for _, k := range []string{"DATABASE_URL", "WEBHOOK_SECRET", "APP_ID", "APP_KEY_FILE", "APP_KEY", "PROVIDER", "PUBLIC_URL",
+		"TUNNEL_PUBLIC_ADDR", "HTTPS_ADDR", "TLS_MODE", "TLS_CERT_FILE", "TLS_KEY_FILE"} {
 		t.Setenv("STAGELY_"+k, "")
 	}
-	// Postgres is never reached: the provider is checked first.
 	base := []string{"server", "--database-url", "postgres://nobody@127.0.0.1:1/none", "--app-id", "1", "--app-key", "k",
 		"--webhook-secret", "0123456789abcdef", "--data-dir", t.TempDir()}
+	var out, errb bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := run(ctx, append(base, args...), &out, &errb)
+	if err == nil {
+		t.Fatal("the server started")
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q does not name %q", err, w)
+		}
+	}
+	return err
+}
+
+func TestCloudProvidersRefuseToStartWithoutWhatTheyNeed(t *testing.T) {
+	clearCloudCredentials(t)
 	public := []string{"--public-url", "https://stagely.example.com", "--tunnel-public-addr", "tunnel.example.com:7443"}
 	tests := []struct {
 		name string
@@ -79,18 +97,8 @@ func TestCloudProvidersRefuseToStartWithoutWhatTheyNeed(t *testing.T) {
 			for k, v := range tt.env {
 				t.Setenv(k, v)
 			}
-			var out, errb bytes.Buffer
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			err := run(ctx, append(append([]string{}, base...), tt.args...), &out, &errb)
-			if err == nil {
-				t.Fatal("the server started")
-			}
-			for _, w := range tt.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not name %q", err, w)
-				}
-			}
+			// Postgres is never reached: the provider is checked first.
+			err := refusedStart(t, tt.args, tt.want)
 			if strings.Contains(err.Error(), "127.0.0.1:1") || strings.Contains(err.Error(), "connect") {
 				t.Errorf("the server went on to Postgres before checking its provider: %v", err)
 			}
@@ -381,14 +389,14 @@ func TestPreviewOnACloudMachine(t *testing.T) {
 func TestTunnelCAOutlivesRestartsAndMachines(t *testing.T) {
 	dir := t.TempDir()
 	cert, key := filepath.Join(dir, "tunnel-ca.pem"), filepath.Join(dir, "tunnel-ca-key.pem")
-	first, err := devCA(cert, key)
+	first, err := tunnelCA(cert, key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if life := time.Until(first.Expires()); life < 5*365*24*time.Hour {
 		t.Errorf("the tunnel CA is valid for %s; machines started now would be stranded when it ends", life.Round(time.Hour))
 	}
-	again, err := devCA(cert, key)
+	again, err := tunnelCA(cert, key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -437,35 +445,7 @@ func wildcardCert(t *testing.T, domain string) (certFile, keyFile string, roots 
 	return certFile, keyFile, roots
 }
 
-// getTLS fetches an https preview URL, verifying the certificate against
-// roots; like get, it dials the loopback whatever the name.
-func getTLS(t testing.TB, raw string, roots *x509.CertPool) (int, string) {
-	t.Helper()
-	u, err := url.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: roots},
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, network, net.JoinHostPort("127.0.0.1", u.Port()))
-		},
-	}}
-	resp, err := c.Get(raw)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
 func TestServerHTTPSSettingsAreChecked(t *testing.T) {
-	for _, k := range []string{"DATABASE_URL", "WEBHOOK_SECRET", "APP_ID", "APP_KEY_FILE", "APP_KEY", "PROVIDER", "HTTPS_ADDR", "TLS_MODE", "TLS_CERT_FILE", "TLS_KEY_FILE"} {
-		t.Setenv("STAGELY_"+k, "")
-	}
-	base := []string{"server", "--database-url", "postgres://nobody@127.0.0.1:1/none", "--app-id", "1", "--app-key", "k",
-		"--webhook-secret", "0123456789abcdef", "--data-dir", t.TempDir()}
 	tests := []struct {
 		name string
 		args []string
@@ -481,19 +461,6 @@ func TestServerHTTPSSettingsAreChecked(t *testing.T) {
 			[]string{"--tls-cert-file/--tls-key-file", "/nonexistent/cert.pem"}},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var out, errb bytes.Buffer
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			err := run(ctx, append(append([]string{}, base...), tt.args...), &out, &errb)
-			if err == nil {
-				t.Fatal("the server started")
-			}
-			for _, w := range tt.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not name %q", err, w)
-				}
-			}
-		})
+		t.Run(tt.name, func(t *testing.T) { refusedStart(t, tt.args, tt.want) })
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/hkdf"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -31,6 +30,7 @@ import (
 	"github.com/stagely-dev/stagely/provisioner/hetzner"
 	"github.com/stagely-dev/stagely/provisioner/local"
 	"github.com/stagely-dev/stagely/proxy"
+	"github.com/stagely-dev/stagely/repoconfig"
 	"github.com/stagely-dev/stagely/tunnel"
 )
 
@@ -53,10 +53,6 @@ type fleetConfig struct {
 	cloudEndpoint string
 	https         previewTLS
 }
-
-// providers are the values --provider takes, with the names .stagely.yml
-// uses for them.
-var providers = []string{"local", "aws", "digitalocean", "hetzner"}
 
 func (c *fleetConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.provider, "provider", "", "where previews run: local (agents as processes on this machine), aws, digitalocean or hetzner (credentials from AWS's default chain, DIGITALOCEAN_TOKEN, HCLOUD_TOKEN); empty: no deploys")
@@ -83,6 +79,9 @@ type machineSetup struct {
 	agent     *agentBinary
 	dataDir   string
 	valkeyURL string // for certificates shared between servers
+	// fileTLS is the previews' HTTPS from certificate files, read at
+	// set-up; nil in the other TLS modes.
+	fileTLS *startedTLS
 }
 
 // setUpMachines makes the --provider's machine provider and reads the
@@ -95,17 +94,19 @@ func setUpMachines(ctx context.Context, fc fleetConfig, valkeyURL string) (*mach
 		}
 		return nil, nil
 	}
-	if !slices.Contains(providers, fc.provider) {
+	if providers := repoconfig.Providers(); !slices.Contains(providers, fc.provider) {
 		return nil, fmt.Errorf("--provider %q: want one of %s", fc.provider, strings.Join(providers, ", "))
 	}
 	if err := fc.https.check(fc.previewDomain, valkeyURL); err != nil {
 		return nil, err
 	}
+	var fileTLS *startedTLS
 	if fc.https.mode() == tlsModeFile {
 		// Read now, so that a wrong file fails the start before anything
-		// else is touched; the proxy reads it again when it starts.
-		if _, err := tls.LoadX509KeyPair(fc.https.tlsCertFile, fc.https.tlsKeyFile); err != nil {
-			return nil, fmt.Errorf("--tls-cert-file/--tls-key-file: %w", err)
+		// else is touched; certificates from ACME need the proxy first.
+		var err error
+		if fileTLS, err = fc.https.start(ctx, fc.previewDomain, nil, valkeyURL, false, zerolog.Nop()); err != nil {
+			return nil, err
 		}
 	}
 	if fc.provider != "local" {
@@ -136,7 +137,7 @@ func setUpMachines(ctx context.Context, fc fleetConfig, valkeyURL string) (*mach
 	if err != nil {
 		return nil, err
 	}
-	return &machineSetup{provider: prov, agent: agentBin, dataDir: dataDir, valkeyURL: valkeyURL}, nil
+	return &machineSetup{provider: prov, agent: agentBin, dataDir: dataDir, valkeyURL: valkeyURL, fileTLS: fileTLS}, nil
 }
 
 // fleetParts are what startFleet hands the server.
@@ -160,7 +161,7 @@ func startFleet(ctx context.Context, fc fleetConfig, ms *machineSetup, webhookSe
 		return &fleetParts{stop: func() {}}, nil
 	}
 	dataDir, prov, agentBin, valkeyURL := ms.dataDir, ms.provider, ms.agent, ms.valkeyURL
-	ca, err := devCA(filepath.Join(dataDir, "tunnel-ca.pem"), filepath.Join(dataDir, "tunnel-ca-key.pem"))
+	ca, err := tunnelCA(filepath.Join(dataDir, "tunnel-ca.pem"), filepath.Join(dataDir, "tunnel-ca-key.pem"))
 	if err != nil {
 		return nil, err
 	}
@@ -209,10 +210,11 @@ func startFleet(ctx context.Context, fc fleetConfig, ms *machineSetup, webhookSe
 	if err != nil {
 		return nil, err
 	}
-	certsTLS, err = fc.https.start(ctx, fc.previewDomain, px, valkeyURL, valkeyURL != "", log)
-	if err != nil {
-		px.Close()
-		return nil, err
+	if certsTLS = ms.fileTLS; certsTLS == nil {
+		if certsTLS, err = fc.https.start(ctx, fc.previewDomain, px, valkeyURL, valkeyURL != "", log); err != nil {
+			px.Close()
+			return nil, err
+		}
 	}
 	if n, err := auth.PrimeRoutes(ctx, px.Routes()); err != nil {
 		certsTLS.close()
@@ -411,11 +413,11 @@ func ignoreClosed(err error) error {
 // must outlive every machine: a new one strands them all.
 const tunnelCALife = 10 * 365 * 24 * time.Hour
 
-// devCA loads the tunnel's CA from the data directory, or makes one when
+// tunnelCA loads the tunnel's CA from the data directory, or makes one when
 // there is none or it is within a month of its end. It is kept because
 // running agents trust the CA file they were started with: a server that
 // made a new CA at every start would strand them after a restart.
-func devCA(certFile, keyFile string) (*tunnel.DevCA, error) {
+func tunnelCA(certFile, keyFile string) (*tunnel.DevCA, error) {
 	cert, cerr := os.ReadFile(certFile)
 	key, kerr := os.ReadFile(keyFile)
 	if cerr == nil && kerr == nil {

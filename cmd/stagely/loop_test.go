@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -29,11 +31,19 @@ import (
 // this machine would.
 func get(t testing.TB, raw string) (int, string) {
 	t.Helper()
+	return getTLS(t, raw, nil)
+}
+
+// getTLS is get for an https preview URL, whose certificate is verified
+// against roots (nil: the system's).
+func getTLS(t testing.TB, raw string, roots *x509.CertPool) (int, string) {
+	t.Helper()
 	u, err := url.Parse(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots},
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, network, net.JoinHostPort("127.0.0.1", u.Port()))
 		},
