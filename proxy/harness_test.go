@@ -419,6 +419,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(benchChildEnv) != "" {
 		os.Exit(benchAgentsChild())
 	}
+	if os.Getenv(loadChildEnv) != "" {
+		os.Exit(loadChild())
+	}
 	os.Exit(m.Run())
 }
 
