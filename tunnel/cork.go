@@ -19,15 +19,18 @@ import (
 // only yamux's one send goroutine writes, so holding the header until the
 // next write never holds it for long.
 //
-// And it commits small frames in groups: a small write is appended to a
-// pending buffer and handed to a flusher goroutine, so that the frames of
-// other streams that yamux's send loop takes while the flusher is in its
-// system call leave together, in one record and one call. An idle
-// connection pays nothing for this (the first frame is flushed at once and
-// the flusher exits when nothing is pending); a busy one with many small
-// streams pays a fraction of a system call per frame. A large write
-// (bulk data) waits for the flusher and goes out directly, without a copy.
-// A write error is returned by the next Write, and it closes the
+// And it commits small frames in groups when the connection is busy. A
+// frame that comes after a quiet spell (idleGap since the last one) is
+// written at once by the caller, yamux's send loop: a lone request or
+// response then leaves without a handoff to another goroutine, which on a
+// machine with idle cores costs a wakeup on each side of the tunnel. A
+// frame that follows closely on another is appended to a pending buffer
+// and handed to a flusher goroutine, so that the frames of other streams
+// that yamux's send loop takes while the flusher is in its system call
+// leave together, in one record and one call: a busy connection with many
+// small streams pays a fraction of a system call per frame. A large write
+// (bulk data) waits for the flusher and goes out directly, without a
+// copy. A write error is returned by the next Write, and it closes the
 // connection, which ends the session.
 type corkConn struct {
 	net.Conn
@@ -42,11 +45,16 @@ type corkConn struct {
 	pending  *[]byte   // small frames not yet written; nil when idle
 	flushing bool      // a flusher (or a direct write) is writing
 	err      error     // the first write error, or net.ErrClosed
+	// lastWrite is when Write was last called (Unix nanoseconds); a frame
+	// more than idleGap after it is written at once.
+	lastWrite int64
+	idleGap   time.Duration
 }
 
 func newCorkConn(c net.Conn) *corkConn {
-	cc := &corkConn{Conn: c}
-	cc.lastRead.Store(time.Now().UnixNano())
+	now := time.Now().UnixNano()
+	cc := &corkConn{Conn: c, lastWrite: now, idleGap: corkIdleGap}
+	cc.lastRead.Store(now)
 	return cc
 }
 
@@ -71,6 +79,11 @@ const (
 	// corkPending bounds the bytes waiting for the flusher: beyond it the
 	// send loop waits, as it would on the connection itself.
 	corkPending = 64 << 10
+	// corkIdleGap is the quiet spell after which a frame is written at
+	// once: at least the time a request takes through the agent and back,
+	// so that a single exchange goes unbatched, while a stream of frames
+	// (many concurrent streams, or one stream's body) is batched.
+	corkIdleGap = 100 * time.Microsecond
 )
 
 var corkBufs = sync.Pool{New: func() any { b := make([]byte, 0, corkPending+corkChunk+yamuxHeaderSize); return &b }}
@@ -87,6 +100,9 @@ func (c *corkConn) Write(p []byte) (int, error) {
 		c.held = false
 	}
 	c.lock()
+	now := time.Now().UnixNano()
+	quiet := time.Duration(now-c.lastWrite) >= c.idleGap
+	c.lastWrite = now
 	small := len(p) <= corkChunk
 	for c.err == nil && c.flushing && (!small || c.pending != nil && len(*c.pending)+len(hdr)+len(p) > corkPending) {
 		c.cond.Wait()
@@ -96,17 +112,9 @@ func (c *corkConn) Write(p []byte) (int, error) {
 		c.mu.Unlock()
 		return 0, err
 	}
-	if !small {
+	if !small || quiet && !c.flushing {
 		// Nothing is pending (the flusher is idle): write directly.
-		c.flushing = true
-		c.mu.Unlock()
-		n, err := c.writeDirect(hdr, p)
-		c.mu.Lock()
-		c.flushing = false
-		c.fail(err)
-		c.cond.Broadcast()
-		c.mu.Unlock()
-		return n, err
+		return c.writeThrough(hdr, p)
 	}
 	if c.pending == nil {
 		c.pending = corkBufs.Get().(*[]byte)
@@ -120,18 +128,35 @@ func (c *corkConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// writeDirect writes a large body, the held header joined with its first
-// record's worth.
-func (c *corkConn) writeDirect(hdr, p []byte) (int, error) {
+// writeThrough writes hdr and p from the caller's goroutine, with no
+// flusher running; c.mu is held, and released on return.
+func (c *corkConn) writeThrough(hdr, p []byte) (int, error) {
+	c.flushing = true
+	c.mu.Unlock()
+	n, err := c.writeJoined(hdr, p)
+	c.mu.Lock()
+	c.flushing = false
+	c.fail(err)
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	return n, err
+}
+
+// writeJoined writes a held header joined with its body, or with the
+// body's first record's worth when the body is larger.
+func (c *corkConn) writeJoined(hdr, p []byte) (int, error) {
 	if hdr == nil {
 		return c.Conn.Write(p)
 	}
 	bp := corkBufs.Get().(*[]byte)
 	defer corkBufs.Put(bp)
-	n := corkChunk - len(hdr)
+	n := min(len(p), corkChunk-len(hdr))
 	buf := append(append((*bp)[:0], hdr...), p[:n]...)
 	if _, err := c.Conn.Write(buf); err != nil {
 		return 0, err
+	}
+	if n == len(p) {
+		return n, nil
 	}
 	m, err := c.Conn.Write(p[n:])
 	return n + m, err

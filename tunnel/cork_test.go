@@ -51,13 +51,21 @@ func (g *gateConn) snapshot() ([][]byte, bool) {
 	return append([][]byte(nil), g.writes...), g.closed
 }
 
+// newBusyCork is a corkConn that takes every frame as part of a busy
+// spell, so that small frames go through the flusher.
+func newBusyCork(c net.Conn) *corkConn {
+	cc := newCorkConn(c)
+	cc.idleGap = time.Hour
+	return cc
+}
+
 func frame(body string) [][]byte {
 	return [][]byte{yamuxHeader(0, uint32(len(body))), []byte(body)}
 }
 
 func TestCorkCommitsSmallFramesInGroups(t *testing.T) {
 	g := newGateConn()
-	c := newCorkConn(g)
+	c := newBusyCork(g)
 	write := func(ws [][]byte) {
 		t.Helper()
 		for _, w := range ws {
@@ -94,9 +102,36 @@ func TestCorkCommitsSmallFramesInGroups(t *testing.T) {
 	}
 }
 
-func TestCorkLargeWriteWaitsForPendingFrames(t *testing.T) {
+func TestCorkWritesAFrameAfterAQuietSpellAtOnce(t *testing.T) {
 	g := newGateConn()
 	c := newCorkConn(g)
+	c.idleGap = 0 // every frame comes after a quiet spell
+	for _, body := range []string{"lone", "another"} {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for _, w := range frame(body) {
+				c.Write(w)
+			}
+		}()
+		<-g.entered
+		select {
+		case <-done:
+			t.Fatalf("%s: Write returned before its frame was written: it went to the flusher", body)
+		case <-time.After(50 * time.Millisecond):
+		}
+		g.gate <- struct{}{}
+		<-done
+		got, _ := g.snapshot()
+		if last := got[len(got)-1]; !bytes.Equal(last, bytes.Join(frame(body), nil)) {
+			t.Fatalf("%s: written %q, want header and body in one write", body, last)
+		}
+	}
+}
+
+func TestCorkLargeWriteWaitsForPendingFrames(t *testing.T) {
+	g := newGateConn()
+	c := newBusyCork(g)
 	c.Write(yamuxHeader(0, 1))
 	c.Write([]byte("a"))
 	<-g.entered
@@ -132,7 +167,7 @@ func TestCorkLargeWriteWaitsForPendingFrames(t *testing.T) {
 func TestCorkWriteErrorClosesAndIsReturned(t *testing.T) {
 	g := newGateConn()
 	g.failWith = errors.New("connection reset")
-	c := newCorkConn(g)
+	c := newBusyCork(g)
 	c.Write(frame("x")[0])
 	if _, err := c.Write(frame("x")[1]); err != nil {
 		t.Fatalf("a queued write failed early: %v", err)
@@ -149,7 +184,7 @@ func TestCorkWriteErrorClosesAndIsReturned(t *testing.T) {
 
 func TestCorkCloseWakesAWaitingWrite(t *testing.T) {
 	g := newGateConn()
-	c := newCorkConn(g)
+	c := newBusyCork(g)
 	c.Write(frame("x")[0])
 	c.Write(frame("x")[1])
 	<-g.entered // the flusher is stuck: the peer reads nothing
