@@ -1,6 +1,6 @@
 // Package proxy is Stagely's edge proxy: it routes a request by its Host
 // to the tunnel session of the agent serving that preview, on this node or,
-// over an authenticated internal hop, on the node that holds it. It keeps
+// over an encrypted, authenticated internal hop, on the node that holds it. It keeps
 // the shared route table (host → environment → agent → proxy node) fresh
 // while its agents are connected, and serves the 404 and 502 pages.
 //

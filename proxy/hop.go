@@ -14,7 +14,8 @@ import (
 )
 
 // The internal hop: a node that receives a request for an agent connected
-// to another node forwards it there, signed with the nodes' shared secret.
+// to another node forwards it there, over TLS and signed with the nodes'
+// shared secret.
 // The receiving node's hop listener serves only signed requests; its
 // public listener never looks at the signature header, and every node
 // deletes it from what it forwards, so a client can neither forge nor
@@ -40,10 +41,13 @@ func (p *Proxy) newHopProxy() (*httputil.ReverseProxy, *http.Transport) {
 		WriteBufferSize:        32 << 10,
 		ReadBufferSize:         32 << 10,
 	}
+	if p.hopTLS != nil {
+		tr.TLSClientConfig = p.hopTLS.client
+	}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			node := pr.In.Context().Value(hopKey{}).(string)
-			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Scheme = "https"
 			pr.Out.URL.Host = node
 			pr.Out.Host = pr.In.Host
 			setForwarded(pr, false)

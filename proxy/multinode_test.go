@@ -1,13 +1,17 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -95,6 +99,75 @@ func TestTwoProxiesShareValkey(t *testing.T) {
 			t.Fatalf("node 1 does not reach the agent on node 2: %d", status)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestHopIsEncrypted sends a request across the hop through a relay that
+// records the bytes between the nodes: neither the request nor the
+// response may be readable there.
+func TestHopIsEncrypted(t *testing.T) {
+	store1 := openValkey(t)
+	store2 := &Valkey{c: store1.c, prefix: store1.prefix}
+	relayLn := listen(t)
+	// Node 1 advertises the relay as its hop address.
+	n1 := startNode(t, nodeOpts{routes: store1, multi: true, tweak: func(c *Config) { c.Node = relayLn.Addr().String() }})
+	wire := &recorder{}
+	go relay(relayLn, n1.hop, wire)
+	n2 := startNode(t, nodeOpts{routes: store2, multi: true, ca: n1.ca})
+	be := backend(t)
+	agentFor(t, n1, "token-a", be.addr)
+
+	status, body := get(t, client(n2.public), "http://"+hostA+"/hello")
+	if status != 200 || body != "hello from "+hostA {
+		t.Fatalf("via node 2 and the relay: %d %q", status, body)
+	}
+	seen := wire.bytes()
+	if len(seen) < 100 {
+		t.Fatalf("the request did not cross the relay (%d bytes)", len(seen))
+	}
+	for _, plain := range []string{hostA, "/hello", "hello from", "HTTP/1.1", hopHeader} {
+		if bytes.Contains(seen, []byte(plain)) {
+			t.Errorf("%q readable between the nodes", plain)
+		}
+	}
+}
+
+// recorder keeps every byte a relay carries.
+type recorder struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.buf.Write(p)
+}
+
+func (r *recorder) bytes() []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return bytes.Clone(r.buf.Bytes())
+}
+
+// relay forwards each connection on ln to target, copying both
+// directions into rec, until ln closes.
+func relay(ln net.Listener, target string, rec io.Writer) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				return
+			}
+			defer u.Close()
+			go io.Copy(io.MultiWriter(u, rec), c)
+			io.Copy(io.MultiWriter(c, rec), u)
+		}()
 	}
 }
 

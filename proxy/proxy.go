@@ -32,6 +32,7 @@ type Proxy struct {
 	tr       *fastTransport
 	hopRP    *httputil.ReverseProxy
 	hopTr    *http.Transport
+	hopTLS   *hopTLS // nil without a HopSecret
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -61,6 +62,13 @@ func New(cfg Config) (*Proxy, error) {
 		p.node = localNode
 	}
 	p.errorLog = log.New(zerologWriter{p.log}, "", 0)
+	if len(cfg.HopSecret) > 0 {
+		var err error
+		if p.hopTLS, err = newHopTLS(cfg.HopSecret); err != nil {
+			cancel()
+			return nil, err
+		}
+	}
 	cacheTTL := cfg.RouteCacheTTL
 	if cacheTTL < 0 {
 		cacheTTL = 0
@@ -123,12 +131,12 @@ func (p *Proxy) ServeTLS(ctx context.Context, ln net.Listener, tc *tls.Config) e
 }
 
 // ServeHop serves the internal hop on ln: requests from other nodes,
-// signed with HopSecret. Bind it to an address only the nodes reach.
+// over TLS derived from HopSecret (hoptls.go) and signed with it. Bind it to an address only the nodes reach.
 func (p *Proxy) ServeHop(ctx context.Context, ln net.Listener) error {
 	if len(p.cfg.HopSecret) == 0 {
 		return errors.New("proxy: ServeHop needs a HopSecret")
 	}
-	return p.serveHTTP(ctx, ln, p.hopHandler(), nil)
+	return p.serveHTTP(ctx, ln, p.hopHandler(), p.hopTLS.server)
 }
 
 func (p *Proxy) serveHTTP(ctx context.Context, ln net.Listener, h http.Handler, tc *tls.Config) error {

@@ -2,6 +2,9 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -89,11 +92,12 @@ func TestHopRejectsUnauthenticatedCalls(t *testing.T) {
 		}, 401},
 		{"a valid signature", func(r *http.Request) { r.Header.Set(hopHeader, n.signHop(time.Now(), r)) }, 200},
 	}
+	hopClient := hopClient(n.hop, n.hopTLS.client)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			req, _ := http.NewRequest("GET", "http://"+hostA+"/hello", nil)
+			req, _ := http.NewRequest("GET", "https://"+hostA+"/hello", nil)
 			tt.sign(req)
-			resp, err := client(n.hop).Do(req)
+			resp, err := hopClient.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -102,6 +106,71 @@ func TestHopRejectsUnauthenticatedCalls(t *testing.T) {
 				t.Fatalf("status %d, want %d", resp.StatusCode, tt.status)
 			}
 		})
+	}
+}
+
+// TestHopTakesOnlyTLSFromTheSecretsHolders: the hop listener speaks TLS
+// only, with a certificate that only holders of the hop secret can make.
+func TestHopTakesOnlyTLSFromTheSecretsHolders(t *testing.T) {
+	n := startNode(t, nodeOpts{multi: true})
+	be := backend(t)
+	agentFor(t, n, "token-a", be.addr)
+
+	// Plain HTTP, even signed, never reaches the handler.
+	req, _ := http.NewRequest("GET", "http://"+hostA+"/hello", nil)
+	req.Header.Set(hopHeader, n.signHop(time.Now(), req))
+	resp, err := client(n.hop).Do(req)
+	if err == nil {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == 200 || strings.Contains(string(body), "hello from") {
+			t.Fatalf("plain HTTP served by the hop: %d %q", resp.StatusCode, body)
+		}
+	}
+
+	// A node with another secret derives another CA: neither side trusts
+	// the other.
+	other, err := newHopTLS([]byte("another-secret-another-secret-another"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ = http.NewRequest("GET", "https://"+hostA+"/hello", nil)
+	if _, err := hopClient(n.hop, other.client).Do(req); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("a node with another secret trusted this node's certificate: %v", err)
+	}
+
+	// Nodes with the same secret derive the same CA, each with a
+	// certificate of its own.
+	same, err := newHopTLS(testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(same.server.Certificates[0].Certificate[0], n.hopTLS.server.Certificates[0].Certificate[0]) {
+		t.Fatal("two nodes share a certificate and key")
+	}
+	req, _ = http.NewRequest("GET", "https://"+hostA+"/hello", nil)
+	req.Header.Set(hopHeader, n.signHop(time.Now(), req))
+	resp, err = hopClient(n.hop, same.client).Do(req)
+	if err != nil {
+		t.Fatalf("a node with the same secret: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("a node with the same secret: status %d", resp.StatusCode)
+	}
+}
+
+// hopClient dials addr over TLS with tc, as a node's hop transport does.
+func hopClient(addr string, tc *tls.Config) *http.Client {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	return &http.Client{
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				return d.DialContext(ctx, network, addr)
+			},
+			TLSClientConfig: tc,
+		},
+		Timeout: time.Minute,
 	}
 }
 

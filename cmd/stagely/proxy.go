@@ -56,7 +56,7 @@ func (c *proxyConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.valkeyPrefix, "valkey-prefix", "stagely:route:", "key prefix of the route table in Valkey")
 	fs.StringVar(&c.hopAddr, "hop-addr", "", "listen address of the internal hop between proxy nodes (needs --valkey-url and --hop-secret); bind it to a private network")
 	fs.StringVar(&c.advertise, "advertise-addr", "", "this node's internal hop address as the other nodes dial it; default --hop-addr")
-	fs.StringVar(&c.hopSecret, "hop-secret", "", "shared secret of the internal hop, the same on every node (at least 32 characters)")
+	fs.StringVar(&c.hopSecret, "hop-secret", "", "shared secret of the internal hop, the same on every node (at least 32 characters): it authenticates the nodes and keys the hop's TLS")
 	fs.IntVar(&c.gcPercent, "gc-percent", 400, "Go GC target percentage: higher trades memory for CPU on the request path (GOMEMLIMIT still caps memory)")
 	fs.DurationVar(&c.drain, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take before the proxy closes them")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
