@@ -39,8 +39,8 @@ func count(f *hetznerfake.Cloud, request string) int {
 }
 
 // contractCloud is the fake as the contract sees it. It lives here rather
-// than in hetznerfake because the contract package is internal to
-// provisioner, and which machines are Stagely's is this package's business.
+// than in hetznerfake because which machines are Stagely's (their labels)
+// is this package's business.
 type contractCloud struct{ *hetznerfake.Cloud }
 
 var _ contract.Cloud = contractCloud{}
@@ -58,20 +58,6 @@ func (c contractCloud) Live() []contract.FakeMachine {
 		})
 	}
 	return out
-}
-
-func (c contractCloud) Fail(f contract.Failure, n int) {
-	kinds := map[contract.Failure]hetznerfake.Failure{
-		contract.RateLimit: hetznerfake.RateLimit,
-		contract.Quota:     hetznerfake.Quota,
-		contract.Capacity:  hetznerfake.Capacity,
-		contract.Invalid:   hetznerfake.Invalid,
-	}
-	k, ok := kinds[f]
-	if !ok {
-		panic(fmt.Sprintf("hetzner test: no fake failure for contract failure %d", f))
-	}
-	c.Cloud.Fail(k, n)
 }
 
 // SeedForeign adds a server with no labels and one of another namespace.
@@ -226,7 +212,7 @@ func TestUserDataOverTheLimitIsRefusedBeforeTheCloud(t *testing.T) {
 
 func TestRateLimitIsRetriedAsOftenAsConfigured(t *testing.T) {
 	f := hetznerfake.New(t)
-	f.Fail(hetznerfake.RateLimit, 1000)
+	f.Fail(contract.RateLimit, 1000)
 	_, err := newProvider(t, f, f.Token()).List(t.Context())
 	if !errors.Is(err, provisioner.ErrRateLimited) {
 		t.Fatalf("err = %v", err)

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud/schema"
+
+	"github.com/stagely-dev/stagely/provisioner/internal/contract"
 )
 
 // The HTTP side: each handler runs with c.mu held.
@@ -29,7 +31,7 @@ func (c *Cloud) serve(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, "unauthorized", "unable to authenticate")
 		return
 	}
-	if c.take(RateLimit) {
+	if c.take(contract.RateLimit) {
 		writeError(w, http.StatusTooManyRequests, "rate_limit_exceeded", "limit of 3600 requests per hour reached")
 		return
 	}
@@ -233,15 +235,15 @@ func (c *Cloud) createServer(w http.ResponseWriter, r *http.Request) {
 	serverTypes := []string{"cx22", "cx32", "cpx21", "cax11"}
 	images := []string{"ubuntu-24.04", "ubuntu-22.04", "debian-12"}
 	locations := []string{"fsn1", "nbg1", "hel1", "ash"}
-	if !slices.Contains(serverTypes, serverType) || !slices.Contains(images, image) || !slices.Contains(locations, req.Location) || c.take(Invalid) {
+	if !slices.Contains(serverTypes, serverType) || !slices.Contains(images, image) || !slices.Contains(locations, req.Location) || c.take(contract.Invalid) {
 		writeError(w, http.StatusBadRequest, "invalid_input", fmt.Sprintf("invalid input in fields 'server_type', 'image' or 'location': %s %s %s", serverType, image, req.Location))
 		return
 	}
-	if c.take(Quota) {
+	if c.take(contract.Quota) {
 		writeError(w, http.StatusForbidden, "resource_limit_exceeded", "server limit exceeded")
 		return
 	}
-	if c.take(Capacity) {
+	if c.take(contract.Capacity) {
 		writeError(w, http.StatusPreconditionFailed, "resource_unavailable", fmt.Sprintf("server type %s is unavailable in %s", serverType, req.Location))
 		return
 	}

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/stagely-dev/stagely/provisioner/internal/contract"
 	"time"
 
 	"github.com/hetznercloud/hcloud-go/v2/hcloud/schema"
@@ -37,7 +39,7 @@ type Cloud struct {
 	servers    map[int64]*server
 	firewalls  map[int64]*schema.Firewall
 	boot       int // state reads before a new server runs; <0 never
-	failures   map[Failure]int
+	failures   map[contract.Failure]int
 	requests   []string // "METHOD path" of every request
 	violations []string
 	onBoot     func(Server)
@@ -80,25 +82,6 @@ type Firewall struct {
 	Rules  []schema.FirewallRule
 }
 
-// Failure is a way the fake can refuse requests, answered the way Hetzner
-// answers it.
-type Failure int
-
-const (
-	// RateLimit refuses the next requests of any kind with 429
-	// rate_limit_exceeded.
-	RateLimit Failure = iota
-	// Quota refuses the next server creates with 403
-	// resource_limit_exceeded: the project is at its server limit.
-	Quota
-	// Capacity refuses the next server creates with 412
-	// resource_unavailable: the server type is sold out in the location.
-	Capacity
-	// Invalid refuses the next server creates with 400 invalid_input, as
-	// for an unknown server type, image or location.
-	Invalid
-)
-
 // New starts a fake on loopback. It stops when tb's test ends, after the
 // hooks it called have returned, and then fails the test once for every
 // request the real API would have refused for its form, or Stagely must
@@ -110,7 +93,7 @@ func New(tb testing.TB) *Cloud {
 		nextID:    1000,
 		servers:   map[int64]*server{},
 		firewalls: map[int64]*schema.Firewall{},
-		failures:  map[Failure]int{},
+		failures:  map[contract.Failure]int{},
 	}
 	c.srv = httptest.NewServer(http.HandlerFunc(c.serve))
 	tb.Cleanup(func() {
@@ -186,8 +169,12 @@ func (c *Cloud) SetBoot(reads int) {
 	c.boot = reads
 }
 
-// Fail makes the next n requests that f applies to fail.
-func (c *Cloud) Fail(f Failure, n int) {
+// Fail makes the next n requests that f applies to fail, answered the way
+// Hetzner answers them: contract.RateLimit with 429 rate_limit_exceeded
+// (any request); for server creates, contract.Quota with 403
+// resource_limit_exceeded, contract.Capacity with 412
+// resource_unavailable, contract.Invalid with 400 invalid_input.
+func (c *Cloud) Fail(f contract.Failure, n int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.failures[f] = n
@@ -195,7 +182,7 @@ func (c *Cloud) Fail(f Failure, n int) {
 
 // take consumes one injected failure of kind f, if any is left. c.mu must
 // be held.
-func (c *Cloud) take(f Failure) bool {
+func (c *Cloud) take(f contract.Failure) bool {
 	if c.failures[f] > 0 {
 		c.failures[f]--
 		return true
