@@ -85,13 +85,11 @@ func newHopTLS(secret []byte) (*hopTLS, error) {
 		server: &tls.Config{
 			Certificates: []tls.Certificate{{Certificate: [][]byte{leafDER}, PrivateKey: key}},
 			MinVersion:   tls.VersionTLS13,
-			NextProtos:   []string{"http/1.1"},
 		},
 		client: &tls.Config{
 			RootCAs:    pool,
 			ServerName: hopServerName,
 			MinVersion: tls.VersionTLS13,
-			NextProtos: []string{"http/1.1"},
 		},
 	}, nil
 }
