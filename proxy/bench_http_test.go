@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -105,10 +106,12 @@ func BenchmarkLatencyAtFixedRate(b *testing.B) {
 		{"p99", 0.99, map[string]any{"goal_ratio_max": 1.0}},
 	} {
 		t, s := percentile(tun, q.p), percentile(stock, q.p)
+		lo, hi := ratioInterval(tun, stock, rounds, q.p, 400, rand.New(rand.NewPCG(1, 2)))
 		extra := map[string]any{
 			"baseline_is": "stock one-hop httputil.ReverseProxy over plain TCP",
 			"requests":    len(tun),
 			"load_from":   "another process, 64 keep-alive connections per path",
+			"ratio_ci90":  []float64{round(lo), round(hi)},
 		}
 		maps.Copy(extra, q.goal)
 		report(b, "proxy_tunnel_latency_"+q.name+"_at_1000rps", ms(t), "ms", ms(s), extra)
@@ -209,6 +212,30 @@ func interleaved(b *testing.B, addrs []string, conns, rounds int, d time.Duratio
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
+// ratioInterval is a 90% bootstrap interval for the ratio of a's and b's
+// p-quantiles, each made of rounds equal slices measured in turn. A tail
+// quantile is made of the machine's rare stalls, and how many fall on
+// each path varies from run to run: the interval says whether a ratio
+// near 1 is a difference between the paths or only that. The slices are
+// resampled in pairs, since a[i] and b[i] ran back to back and share the
+// machine's state.
+func ratioInterval(a, b []time.Duration, rounds int, p float64, resamples int, rng *rand.Rand) (lo, hi float64) {
+	n := len(a) / rounds
+	ratios := make([]float64, resamples)
+	ra, rb := make([]time.Duration, 0, n*rounds), make([]time.Duration, 0, n*rounds)
+	for i := range ratios {
+		ra, rb = ra[:0], rb[:0]
+		for range rounds {
+			k := rng.IntN(rounds)
+			ra = append(ra, a[k*n:(k+1)*n]...)
+			rb = append(rb, b[k*n:(k+1)*n]...)
+		}
+		ratios[i] = float64(percentile(ra, p)) / float64(percentile(rb, p))
+	}
+	slices.Sort(ratios)
+	return ratios[resamples*5/100], ratios[resamples*95/100]
+}
+
 func percentile(lat []time.Duration, p float64) time.Duration {
 	s := slices.Clone(lat)
 	slices.Sort(s)
@@ -296,4 +323,48 @@ func (g *openLoop) run(rate int, d time.Duration) ([]time.Duration, error) {
 		return nil, fmt.Errorf("%d of %d requests failed: %w", len(errs), total, <-errs)
 	}
 	return lat, nil
+}
+
+func TestRatioIntervalTellsADifferenceFromNoise(t *testing.T) {
+	const rounds, perSlice, runs = 40, 100, 10
+	// latencies: a quick path most of the time, and now and then a stall
+	// of a few milliseconds, as on a shared machine.
+	latencies := func(seed uint64, scale float64) []time.Duration {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		lat := make([]time.Duration, rounds*perSlice)
+		for i := range lat {
+			v := 0.3e6 + rng.ExpFloat64()*0.2e6
+			if rng.Float64() < 0.03 {
+				v += 2e6 + rng.Float64()*2e6
+			}
+			lat[i] = time.Duration(v * scale)
+		}
+		return lat
+	}
+	for _, c := range []struct {
+		name  string
+		scale float64 // of a's latencies against b's
+	}{
+		{"the same path twice", 1},
+		{"a path half as fast", 1.5},
+		{"a path a third faster", 0.67},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			covered := 0
+			for run := range uint64(runs) {
+				a, b := latencies(2*run+1, c.scale), latencies(2*run+2, 1)
+				lo, hi := ratioInterval(a, b, rounds, 0.99, 100, rand.New(rand.NewPCG(run, 4)))
+				if lo <= c.scale && c.scale <= hi {
+					covered++
+				}
+				if c.scale != 1 && lo <= 1 && 1 <= hi {
+					t.Errorf("run %d: interval [%.3f, %.3f] cannot tell a ratio of %.2f from 1", run, lo, hi, c.scale)
+				}
+			}
+			// A 90% interval holds the true ratio in about 9 runs of 10.
+			if covered < 7 {
+				t.Errorf("the interval held the true ratio %.2f in %d runs of %d", c.scale, covered, runs)
+			}
+		})
+	}
 }
