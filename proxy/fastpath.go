@@ -107,8 +107,12 @@ func (t *fastTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		// idle check (the preview ended its keep-alive connection): try a
 		// fresh one, as net/http.Transport does, when the request cannot
 		// have been acted on (none of it was written) or may be repeated
-		// (idempotent, and no answer came at all).
-		retry := reused && ctx.Err() == nil && attempt < 3 &&
+		// (idempotent, and no answer came at all). A timeout is the
+		// preview being slow, not the stream being stale: sending the
+		// request again would run it again and wait as long again.
+		var ne net.Error
+		timedOut := errors.As(err, &ne) && ne.Timeout()
+		retry := reused && ctx.Err() == nil && !timedOut && attempt < 3 &&
 			(fc.sent == 0 || (fc.got == 0 && idempotent(req)))
 		if !retry {
 			return nil, err

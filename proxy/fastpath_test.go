@@ -251,6 +251,45 @@ func TestFastPathResponseHeaderTimeout(t *testing.T) {
 	}
 }
 
+// TestFastPathDoesNotRepeatARequestThatTimedOut: a preview slower than
+// ResponseHeaderTimeout on a pooled stream gets one try, as with
+// net/http.Transport. Taken for a stream the agent had closed, it was
+// sent again on each pooled stream: a slow report ran four times, and the
+// client waited four timeouts for its 502.
+func TestFastPathDoesNotRepeatARequestThatTimedOut(t *testing.T) {
+	const timeout = 250 * time.Millisecond
+	var runs atomic.Int64
+	mux := fastMux()
+	mux.HandleFunc("/report", func(w http.ResponseWriter, r *http.Request) {
+		runs.Add(1)
+		select {
+		case <-time.After(5 * time.Second):
+		case <-r.Context().Done():
+		}
+	})
+	addr, _ := streamCountingBackend(t, mux)
+	n := startNode(t, nodeOpts{tweak: func(c *Config) { c.ResponseHeaderTimeout = timeout }})
+	agentFor(t, n, "token-a", addr)
+	c := client(n.public)
+	// Concurrent requests leave several idle streams in the pool.
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() { do(t, c, "GET", "http://"+hostA+"/slow?ms=50") })
+	}
+	wg.Wait()
+	start := time.Now()
+	if code, _, _ := do(t, c, "GET", "http://"+hostA+"/report"); code != http.StatusBadGateway {
+		t.Fatalf("a preview slower than ResponseHeaderTimeout = %d, want 502", code)
+	}
+	d := time.Since(start)
+	if got := runs.Load(); got != 1 {
+		t.Errorf("the preview ran the request %d times, want once", got)
+	}
+	if d > 3*timeout {
+		t.Errorf("the 502 took %v, want about one ResponseHeaderTimeout (%v)", d, timeout)
+	}
+}
+
 func TestFastPathClientGoneCancelsThePreviewRequest(t *testing.T) {
 	canceled := make(chan struct{})
 	mux := http.NewServeMux()
