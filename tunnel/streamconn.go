@@ -36,8 +36,12 @@ func (s *streamConn) sendHeader(p []byte) (int, bool, error) {
 	}
 	buf := make([]byte, 0, len(s.header)+len(p))
 	buf = append(append(buf, s.header...), p...)
-	s.sent.Store(true)
 	n, err := s.Conn.Write(buf)
+	// Only now may a Write skip the lock: marked before the header was
+	// written, a concurrent Write (http.Transport writes a request while
+	// its read loop's first Read sends the header) could reach the stream
+	// first, and the peer would read the request as a header.
+	s.sent.Store(true)
 	n -= len(s.header)
 	if n < 0 {
 		n = 0
