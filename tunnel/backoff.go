@@ -40,6 +40,10 @@ func (b Backoff) Delay(attempt int) time.Duration {
 	b = b.withDefaults()
 	d := b.Min
 	for i := 0; i < attempt && d < b.Max; i++ {
+		if d > b.Max/2 { // doubling would pass Max, or overflow
+			d = b.Max
+			break
+		}
 		d *= 2
 	}
 	if d > b.Max {

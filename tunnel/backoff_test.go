@@ -1,33 +1,38 @@
 package tunnel
 
 import (
+	"math"
 	"testing"
 	"time"
 )
 
 func TestBackoffGrowsWithJitterAndCaps(t *testing.T) {
-	b := Backoff{}
+	uncapped := Backoff{Min: time.Second, Max: math.MaxInt64}
 	tests := []struct {
+		b        Backoff
 		attempt  int
 		min, max time.Duration
 	}{
-		{0, 250 * time.Millisecond, 500 * time.Millisecond},
-		{1, 500 * time.Millisecond, time.Second},
-		{3, 2 * time.Second, 4 * time.Second},
-		{6, 15 * time.Second, 30 * time.Second},
-		{50, 15 * time.Second, 30 * time.Second},
+		{Backoff{}, 0, 250 * time.Millisecond, 500 * time.Millisecond},
+		{Backoff{}, 1, 500 * time.Millisecond, time.Second},
+		{Backoff{}, 3, 2 * time.Second, 4 * time.Second},
+		{Backoff{}, 6, 15 * time.Second, 30 * time.Second},
+		{Backoff{}, 50, 15 * time.Second, 30 * time.Second},
+		// A Max meant as "no cap" must not overflow into a negative delay.
+		{uncapped, 62, math.MaxInt64 / 2, math.MaxInt64},
+		{uncapped, 200, math.MaxInt64 / 2, math.MaxInt64},
 	}
 	for _, tt := range tests {
 		seen := map[time.Duration]bool{}
 		for range 200 {
-			d := b.Delay(tt.attempt)
+			d := tt.b.Delay(tt.attempt)
 			if d < tt.min || d > tt.max {
-				t.Fatalf("Delay(%d) = %v, want within [%v, %v]", tt.attempt, d, tt.min, tt.max)
+				t.Fatalf("%+v: Delay(%d) = %v, want within [%v, %v]", tt.b, tt.attempt, d, tt.min, tt.max)
 			}
 			seen[d] = true
 		}
 		if len(seen) < 10 {
-			t.Fatalf("Delay(%d) has no jitter: %d distinct values in 200", tt.attempt, len(seen))
+			t.Fatalf("%+v: Delay(%d) has no jitter: %d distinct values in 200", tt.b, tt.attempt, len(seen))
 		}
 	}
 }
