@@ -288,11 +288,22 @@ func (s *Server) NumSessions() int { return s.reg.len() }
 func (s *Server) Shutdown(ctx context.Context, reason string) error {
 	s.stopListening()
 	sessions := s.reg.snapshot()
+	// Each goaway is sent on its own: its frames queue behind the data
+	// already on their way, and one agent on a slow, full link would
+	// otherwise hold back every agent after it, and Shutdown past ctx.
+	var goaways sync.WaitGroup
 	for _, sess := range sessions {
-		if err := sess.GoAway(reason); err != nil {
-			sess.logger().Debug().Err(err).Msg("goaway")
-		}
+		goaways.Go(func() {
+			if err := sess.GoAway(reason); err != nil {
+				sess.logger().Debug().Err(err).Msg("goaway")
+			}
+		})
 	}
+	sent := make(chan struct{})
+	go func() { goaways.Wait(); close(sent) }()
+	// Close below ends the sessions, and with them a goaway still waiting
+	// on its link.
+	defer goaways.Wait()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	var err error
@@ -305,18 +316,30 @@ wait:
 				busy++
 			}
 		}
-		if busy == 0 {
+		if busy == 0 && isClosed(sent) {
 			break
 		}
 		select {
 		case <-ctx.Done():
 			err = fmt.Errorf("tunnel shutdown: %d sessions still busy: %w", busy, ctx.Err())
+			if busy == 0 {
+				err = fmt.Errorf("tunnel shutdown: goaway not yet sent to every agent: %w", ctx.Err())
+			}
 			break wait
 		case <-tick.C:
 		}
 	}
 	s.Close()
 	return err
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // Close stops accepting agents and ends every session at once.

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/yamux"
 )
 
 func TestPreviewStreams(t *testing.T) {
@@ -319,4 +321,102 @@ func (f *frozenConn) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return n, err
+}
+
+// stalledLink is an agent's link whose downlink stopped taking the
+// proxy's bytes (full, or very slow) while the agent's pings still go up.
+type stalledLink struct {
+	net.Conn
+	done chan struct{}
+}
+
+func (c stalledLink) Read([]byte) (int, error) { <-c.done; return 0, net.ErrClosed }
+
+// TestShutdownDoesNotWaitOnAStalledAgent: the goaway to an agent whose
+// link is full queues behind the data already on its way. Shutdown still
+// ends at its ctx, and the other agents hear their goaway at once.
+func TestShutdownDoesNotWaitOnAStalledAgent(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	raw, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	tc := tls.Client(raw, &tls.Config{RootCAs: ts.ca.Pool(), ServerName: "127.0.0.1"})
+	if err := writeHello(tc, Version, hello{Token: "token-a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readAnswer(tc); err != nil {
+		t.Fatal(err)
+	}
+	ycfg := yamux.DefaultConfig()
+	ycfg.EnableKeepAlive = false
+	ycfg.LogOutput = io.Discard
+	link := stalledLink{tc, make(chan struct{})}
+	cli, err := yamux.Client(link, ycfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		close(link.done) // yamux's Close waits for its read loop
+		cli.Close()
+	}()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // the stalled agent is alive: its pings keep arriving
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				go cli.Ping()
+			}
+		}
+	}()
+	stalled := waitSession(t, ts, idA.Agent, 0)
+	// Fill the stalled agent's link: these writes never finish. The
+	// streams are opened first, since an open, too, queues behind data.
+	streams := make([]net.Conn, 40)
+	for i := range streams {
+		if streams[i], err = stalled.OpenPreview(ctxT(t, 2*time.Second), "a.preview.test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	big := make([]byte, 256<<10)
+	for _, c := range streams {
+		go c.Write(big)
+	}
+	b := startAgent(t, ts, "token-b", echoHandler())
+	if _, err := b.WaitConnected(ctxT(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	waitSession(t, ts, idB.Agent, 0)
+
+	const grace = 300 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	shut := make(chan error, 1)
+	start := time.Now()
+	go func() { shut <- ts.Shutdown(ctx, "test shutdown") }()
+	// The other agent hears its goaway and drops its session.
+	for {
+		if _, ok := b.Welcome(); !ok {
+			break
+		}
+		if time.Since(start) > grace {
+			t.Error("the other agent did not hear its goaway within the grace period")
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case err := <-shut:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Shutdown = %v, want its ctx's deadline: the stalled session was still busy", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("Shutdown with %v of grace still running after %v", grace, time.Since(start))
+	}
 }
