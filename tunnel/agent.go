@@ -303,7 +303,8 @@ func (a *Agent) OpenControl(ctx context.Context, channel string) (net.Conn, erro
 
 // acceptLoop takes the streams the proxy opens. It never blocks on one:
 // yamux closes the whole session when an opened stream waits for
-// acceptance past StreamOpenTimeout.
+// acceptance past StreamOpenTimeout, and while it waits, the streams
+// behind it wait too.
 func (a *Agent) acceptLoop(ctx context.Context, s *agentSession) {
 	for {
 		st, err := s.mux.AcceptStream()

@@ -54,8 +54,12 @@ type Config struct {
 
 	// StreamOpenTimeout is how long an opened stream may wait for the
 	// peer's acknowledgement before yamux closes the whole session. Our
-	// accept loops never block, so this only fires on a stuck peer.
-	// Default 30 s.
+	// accept loops never block, but the open and its acknowledgement are
+	// frames like any other: on a slow, busy link they queue behind the
+	// data already on its way, for as long as the link needs (PROTOCOL.md
+	// section 6), and a short valve would cut every download on a healthy
+	// session. Liveness is the heartbeat's job, so the default is as far
+	// out of the way as a single frame's: 10 minutes.
 	StreamOpenTimeout time.Duration
 
 	// StreamCloseTimeout is how long a half-closed stream may wait for the
@@ -85,7 +89,7 @@ func DefaultConfig() Config {
 		MemoryBudget:       2 << 30,
 		KeepAliveInterval:  10 * time.Second,
 		WriteTimeout:       5 * time.Second,
-		StreamOpenTimeout:  30 * time.Second,
+		StreamOpenTimeout:  frameQueueTimeout,
 		StreamCloseTimeout: 30 * time.Second,
 		AcceptBacklog:      64,
 		HandshakeTimeout:   10 * time.Second,

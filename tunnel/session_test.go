@@ -420,3 +420,24 @@ func TestShutdownDoesNotWaitOnAStalledAgent(t *testing.T) {
 		t.Fatalf("Shutdown with %v of grace still running after %v", grace, time.Since(start))
 	}
 }
+
+// TestYamuxValvesWaitAsLongAsTheLinkNeeds: yamux's two valves, the wait
+// for a frame's write and the wait for an open's acknowledgement, each
+// end a healthy session when they fire on a slow, busy link, where every
+// frame queues behind the data already on its way. By default neither may
+// fire before a single frame's wait (frameQueueTimeout); liveness is the
+// heartbeat's job.
+func TestYamuxValvesWaitAsLongAsTheLinkNeeds(t *testing.T) {
+	y := DefaultConfig().yamuxConfig()
+	for _, v := range []struct {
+		name string
+		d    time.Duration
+	}{
+		{"ConnectionWriteTimeout", y.ConnectionWriteTimeout},
+		{"StreamOpenTimeout", y.StreamOpenTimeout},
+	} {
+		if v.d < frameQueueTimeout {
+			t.Errorf("yamux %s = %v by default: a frame may wait %v behind other streams' data", v.name, v.d, frameQueueTimeout)
+		}
+	}
+}
