@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -292,15 +293,16 @@ func (s *Server) Shutdown(ctx context.Context, reason string) error {
 	// already on their way, and one agent on a slow, full link would
 	// otherwise hold back every agent after it, and Shutdown past ctx.
 	var goaways sync.WaitGroup
+	var unsent atomic.Int64
+	unsent.Store(int64(len(sessions)))
 	for _, sess := range sessions {
 		goaways.Go(func() {
+			defer unsent.Add(-1)
 			if err := sess.GoAway(reason); err != nil {
 				sess.logger().Debug().Err(err).Msg("goaway")
 			}
 		})
 	}
-	sent := make(chan struct{})
-	go func() { goaways.Wait(); close(sent) }()
 	// Close below ends the sessions, and with them a goaway still waiting
 	// on its link.
 	defer goaways.Wait()
@@ -316,7 +318,7 @@ wait:
 				busy++
 			}
 		}
-		if busy == 0 && isClosed(sent) {
+		if busy == 0 && unsent.Load() == 0 {
 			break
 		}
 		select {
@@ -331,15 +333,6 @@ wait:
 	}
 	s.Close()
 	return err
-}
-
-func isClosed(c <-chan struct{}) bool {
-	select {
-	case <-c:
-		return true
-	default:
-		return false
-	}
 }
 
 // Close stops accepting agents and ends every session at once.

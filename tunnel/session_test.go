@@ -323,15 +323,6 @@ func (f *frozenConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// stalledLink is an agent's link whose downlink stopped taking the
-// proxy's bytes (full, or very slow) while the agent's pings still go up.
-type stalledLink struct {
-	net.Conn
-	done chan struct{}
-}
-
-func (c stalledLink) Read([]byte) (int, error) { <-c.done; return 0, net.ErrClosed }
-
 // TestShutdownDoesNotWaitOnAStalledAgent: the goaway to an agent whose
 // link is full queues behind the data already on its way. Shutdown still
 // ends at its ctx, and the other agents hear their goaway at once.
@@ -352,13 +343,16 @@ func TestShutdownDoesNotWaitOnAStalledAgent(t *testing.T) {
 	ycfg := yamux.DefaultConfig()
 	ycfg.EnableKeepAlive = false
 	ycfg.LogOutput = io.Discard
-	link := stalledLink{tc, make(chan struct{})}
+	// Its downlink stopped taking the proxy's bytes (full, or very slow)
+	// while its pings still go up.
+	link := &frozenConn{Conn: tc, thaw: make(chan struct{})}
+	link.frozen.Store(true)
 	cli, err := yamux.Client(link, ycfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() {
-		close(link.done) // yamux's Close waits for its read loop
+		link.Close() // yamux's Close waits for its read loop
 		cli.Close()
 	}()
 	stop := make(chan struct{})
