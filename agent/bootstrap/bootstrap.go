@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/stagely-dev/stagely/agent/protocol"
 )
@@ -82,6 +83,34 @@ func Token(ctx context.Context, files Files, ex Exchanger, info protocol.AgentIn
 		return "", fmt.Errorf("bootstrap: remove spent bootstrap token: %w", err)
 	}
 	return tok, nil
+}
+
+// TokenWithRetry is Token, tried again after delay(attempt) whenever it
+// fails in a way a retry can mend (the tunnel or the server gone in the
+// middle of the exchange), until ctx ends. Retrying is safe: the proposed
+// token is kept on disk, so every attempt proposes the same one. onRetry,
+// if set, hears each failure and the wait before the next attempt.
+func TokenWithRetry(ctx context.Context, files Files, ex Exchanger, info protocol.AgentInfo,
+	delay func(attempt int) time.Duration, onRetry func(err error, wait time.Duration)) (string, error) {
+	for attempt := 0; ; attempt++ {
+		tok, err := Token(ctx, files, ex, info)
+		// No token to exchange, or one spent on another agent token:
+		// no retry mends those.
+		if err == nil || errors.Is(err, ErrNoToken) || errors.Is(err, protocol.ErrTokenUsed) {
+			return tok, err
+		}
+		wait := delay(attempt)
+		if onRetry != nil {
+			onRetry(err, wait)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return "", fmt.Errorf("%w (gave up: %w)", err, ctx.Err())
+		case <-t.C:
+		}
+	}
 }
 
 func newToken() (string, error) {

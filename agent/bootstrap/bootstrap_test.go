@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stagely-dev/stagely/agent/bootstrap"
 	"github.com/stagely-dev/stagely/agent/protocol"
@@ -16,12 +17,18 @@ type server struct {
 	bound map[string]string
 	calls int
 	fail  error
+	// failFirst makes the first calls fail, as a server that dies
+	// mid-exchange and comes back.
+	failFirst int
 }
 
 func (s *server) Exchange(_ context.Context, req protocol.ExchangeRequest) (protocol.ExchangeResponse, error) {
 	s.calls++
 	if s.fail != nil {
 		return protocol.ExchangeResponse{}, s.fail
+	}
+	if s.calls <= s.failFirst {
+		return protocol.ExchangeResponse{}, errors.New("exchange: read response: EOF")
 	}
 	if prev, ok := s.bound[req.BootstrapToken]; ok && prev != req.AgentToken {
 		return protocol.ExchangeResponse{}, protocol.ErrTokenUsed
@@ -119,5 +126,52 @@ func TestUsedBootstrapTokenIsRefused(t *testing.T) {
 	_, err := bootstrap.Token(context.Background(), files, srv, protocol.AgentInfo{})
 	if !errors.Is(err, protocol.ErrTokenUsed) {
 		t.Fatalf("err = %v, want ErrTokenUsed", err)
+	}
+}
+
+func TestTokenWithRetryOutlastsAServerThatComesBack(t *testing.T) {
+	tests := []struct {
+		name      string
+		failFirst int
+		bound     string // the bootstrap token already spent on this token
+		wantCalls int
+		wantErr   error
+	}{
+		{"the server dies twice mid-exchange", 2, "", 3, nil},
+		{"a spent bootstrap token is not retried", 0, "someone-else", 1, protocol.ErrTokenUsed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			files, srv := setup(t)
+			srv.failFirst = tt.failFirst
+			if tt.bound != "" {
+				srv.bound["boot-123"] = tt.bound
+			}
+			var waits []time.Duration
+			tok, err := bootstrap.TokenWithRetry(context.Background(), files, srv, protocol.AgentInfo{},
+				func(attempt int) time.Duration { return time.Duration(attempt) * time.Millisecond },
+				func(_ error, wait time.Duration) { waits = append(waits, wait) })
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tt.wantErr)
+			}
+			if srv.calls != tt.wantCalls || len(waits) != tt.failFirst {
+				t.Fatalf("%d exchanges, %d waits; want %d and %d", srv.calls, len(waits), tt.wantCalls, tt.failFirst)
+			}
+			if err == nil && srv.bound["boot-123"] != tok {
+				t.Fatalf("the server bound %q, the agent kept %q", srv.bound["boot-123"], tok)
+			}
+		})
+	}
+}
+
+func TestTokenWithRetryStopsWithItsContext(t *testing.T) {
+	files, srv := setup(t)
+	srv.fail = errors.New("tunnel dropped")
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := bootstrap.TokenWithRetry(ctx, files, srv, protocol.AgentInfo{},
+		func(int) time.Duration { return 10 * time.Millisecond }, nil)
+	if !errors.Is(err, context.DeadlineExceeded) || srv.calls < 2 {
+		t.Fatalf("err = %v after %d exchanges; want retries, then the context's deadline", err, srv.calls)
 	}
 }

@@ -62,7 +62,7 @@ func runManagedAgent(ctx context.Context, cfg agentExposeConfig, log zerolog.Log
 
 	// Exchange over a tunnel opened with the bootstrap token, unless a
 	// token from an earlier run is on disk.
-	token, err := bootstrap.Token(ctx, files, exchangerFunc(func(ctx context.Context, req protocol.ExchangeRequest) (protocol.ExchangeResponse, error) {
+	token, err := bootstrap.TokenWithRetry(ctx, files, exchangerFunc(func(ctx context.Context, req protocol.ExchangeRequest) (protocol.ExchangeResponse, error) {
 		boot, err := os.ReadFile(files.BootstrapToken)
 		if err != nil {
 			return protocol.ExchangeResponse{}, err
@@ -80,7 +80,9 @@ func runManagedAgent(ctx context.Context, cfg agentExposeConfig, log zerolog.Log
 			return protocol.ExchangeResponse{}, fmt.Errorf("connect to the proxy with the bootstrap token: %w", err)
 		}
 		return (&protocol.Client{Dial: control(a)}).Exchange(ctx, req)
-	}), info)
+	}), info, tunnel.Backoff{}.Delay, func(err error, wait time.Duration) {
+		log.Warn().Err(err).Dur("retry_in", wait).Msg("agent token exchange failed; retrying")
+	})
 	if err != nil {
 		return fmt.Errorf("agent token: %w", err)
 	}
