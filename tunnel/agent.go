@@ -94,6 +94,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if t.MinVersion < tls.VersionTLS13 {
 		t.MinVersion = tls.VersionTLS13
 	}
+	if t.InsecureSkipVerify {
+		return nil, errors.New("tunnel agent: TLS.InsecureSkipVerify is not allowed: the agent sends its token to the proxy it reaches; set RootCAs to trust a private CA")
+	}
 	if t.ServerName == "" {
 		host, _, err := net.SplitHostPort(cfg.Addr)
 		if err != nil {
@@ -136,11 +139,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		a.log.Info().Str("agent", sess.welcome.Agent).Strs("hostnames", sess.welcome.Hostnames).Msg("connected to the proxy")
 		a.setCurrent(sess)
+		// Streams and heartbeats first: OnConnect may be slow (it logs,
+		// or writes to a terminal), and the proxy may open streams at once.
+		go a.acceptLoop(ctx, sess)
+		go a.keepAlive(sess)
 		if a.cfg.OnConnect != nil {
 			a.cfg.OnConnect(sess.welcome)
 		}
-		go a.acceptLoop(ctx, sess)
-		go a.keepAlive(sess)
 		select {
 		case <-ctx.Done():
 			a.clearCurrent(sess)
@@ -156,26 +161,53 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Warn().Dur("retry_in", delay).Msg("tunnel session ended; reconnecting")
 			sleep(ctx, delay)
 		case <-sess.goaway:
-			// The proxy is going away: connect again now (another node may
+			// The proxy is going away: connect again (another node may
 			// answer) while the old session finishes its streams.
 			a.clearCurrent(sess)
-			attempt = 0
 			a.log.Info().Msg("proxy said goaway; reconnecting while the old session drains")
 			drains.Add(1)
 			go func() {
 				defer drains.Done()
-				t := time.NewTimer(a.cfg.DrainTimeout)
-				defer t.Stop()
-				select {
-				case <-sess.mux.CloseChan():
-				case <-ctx.Done():
-				case <-t.C:
-				}
-				sess.mux.Close()
+				a.drain(ctx, sess)
 			}()
+			// At once after a session that lasted, as after a proxy's
+			// restart; a proxy that says goaway to every new session gets
+			// the backoff, not a reconnect loop.
+			if time.Since(started) >= a.cfg.Backoff.Stable {
+				attempt = 0
+				continue
+			}
+			delay := a.cfg.Backoff.Delay(attempt)
+			attempt++
+			sleep(ctx, delay)
 		}
 	}
 	return nil
+}
+
+// drainPoll is how often a draining session is asked whether its streams
+// are done: yamux tells no one when its last stream ends.
+const drainPoll = 100 * time.Millisecond
+
+// drain closes a session the proxy said goaway on once its streams are
+// done, the proxy closes it, ctx ends or DrainTimeout passes.
+func (a *Agent) drain(ctx context.Context, sess *agentSession) {
+	defer sess.mux.Close()
+	deadline := time.NewTimer(a.cfg.DrainTimeout)
+	defer deadline.Stop()
+	poll := time.NewTicker(drainPoll)
+	defer poll.Stop()
+	for sess.mux.NumStreams() > 0 {
+		select {
+		case <-sess.mux.CloseChan():
+			return
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			return
+		case <-poll.C:
+		}
+	}
 }
 
 func sleep(ctx context.Context, d time.Duration) {
@@ -199,6 +231,9 @@ func (a *Agent) connect(ctx context.Context) (*agentSession, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = raw.SetDeadline(dl)
 	}
+	// The hello and the answer wait on the connection, not on ctx: an
+	// agent told to stop should not wait out the handshake timeout.
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	tc := tls.Client(raw, a.tls)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
@@ -206,12 +241,22 @@ func (a *Agent) connect(ctx context.Context) (*agentSession, error) {
 	}
 	if err := writeHello(tc, Version, hello{Token: a.cfg.Token, AgentVersion: a.cfg.Version}); err != nil {
 		raw.Close()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("handshake with proxy %s: %w", a.cfg.Addr, ctx.Err())
+		}
 		return nil, err
 	}
 	wel, err := readAnswer(tc)
 	if err != nil {
 		raw.Close()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("handshake with proxy %s: %w", a.cfg.Addr, ctx.Err())
+		}
 		return nil, err
+	}
+	if !stop() {
+		raw.Close()
+		return nil, fmt.Errorf("handshake with proxy %s: %w", a.cfg.Addr, ctx.Err())
 	}
 	_ = raw.SetDeadline(time.Time{})
 	cork := newCorkConn(tc)
@@ -323,6 +368,7 @@ func (a *Agent) serveStream(ctx context.Context, s *agentSession, st *yamux.Stre
 		return
 	}
 	conn := acceptedConn(st, func() { <-s.slots })
+	conn.closeWait = a.cfg.Tunnel.StreamCloseTimeout
 	_ = st.SetReadDeadline(time.Now().Add(a.cfg.Tunnel.HandshakeTimeout))
 	t, text, err := readStreamHeader(st)
 	_ = st.SetReadDeadline(time.Time{})

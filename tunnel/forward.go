@@ -26,7 +26,7 @@ type Forward struct {
 // target cannot be dialled it closes conn, which the proxy answers with
 // 502.
 func (f *Forward) ServeStream(ctx context.Context, hostname string, conn net.Conn) {
-	addr, ok := f.target(hostname)
+	addr, ok := f.Target(hostname)
 	if !ok {
 		f.Logger.Warn().Str("hostname", hostname).Msg("no target for this hostname")
 		conn.Close()
@@ -46,7 +46,8 @@ func (f *Forward) ServeStream(ctx context.Context, hostname string, conn net.Con
 	Pipe(conn, target)
 }
 
-func (f *Forward) target(hostname string) (string, bool) {
+// Target is the address hostname's streams go to, and whether it has one.
+func (f *Forward) Target(hostname string) (string, bool) {
 	if addr, ok := f.Targets[hostname]; ok {
 		return addr, true
 	}

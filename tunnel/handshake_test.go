@@ -148,4 +148,8 @@ func TestAgentVerifiesProxyCertificate(t *testing.T) {
 	if ts.NumSessions() != 0 {
 		t.Fatal("session registered without a verified handshake")
 	}
+	// The token goes to whoever answers: a caller cannot turn the check off.
+	if _, err := NewAgent(AgentConfig{Addr: ts.addr, Token: "token-a", Handler: echoHandler(), TLS: &tls.Config{InsecureSkipVerify: true}}); err == nil {
+		t.Fatal("NewAgent took a TLS config that skips verification")
+	}
 }

@@ -19,6 +19,12 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); retur
 // request bodies and responses can end independently); a write error or a
 // read error other than EOF in either direction closes both at once, so
 // neither side waits on a peer that is gone.
+//
+// When a is a tunnel stream whose peer ends its side, b has the peer's
+// close timeout to finish: the peer resets the stream after it, and
+// nothing says so here until a write fails. A service that keeps its end
+// open without a word would otherwise hold the stream, its slot and the
+// connection for ever.
 func Pipe(a, b net.Conn) {
 	var once sync.Once
 	abort := func() {
@@ -30,10 +36,16 @@ func Pipe(a, b net.Conn) {
 			b.Close()
 		})
 	}
+	var closeWait time.Duration
+	if s, ok := a.(interface{ peerCloseWait() time.Duration }); ok {
+		closeWait = s.peerCloseWait()
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		oneWay(b, a, abort)
+		if oneWay(b, a, abort) && closeWait > 0 {
+			_ = b.SetReadDeadline(time.Now().Add(closeWait))
+		}
 	}()
 	oneWay(a, b, abort)
 	<-done
@@ -41,8 +53,9 @@ func Pipe(a, b net.Conn) {
 	b.Close()
 }
 
-// oneWay copies src to dst with a pooled buffer.
-func oneWay(dst, src net.Conn, abort func()) {
+// oneWay copies src to dst with a pooled buffer. It reports whether src
+// ended with EOF.
+func oneWay(dst, src net.Conn, abort func()) bool {
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
@@ -51,16 +64,16 @@ func oneWay(dst, src net.Conn, abort func()) {
 		if n > 0 {
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				abort()
-				return
+				return false
 			}
 		}
 		if rerr != nil {
 			if errors.Is(rerr, io.EOF) {
 				closeWrite(dst)
-				return
+				return true
 			}
 			abort()
-			return
+			return false
 		}
 	}
 }

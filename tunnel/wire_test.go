@@ -155,11 +155,11 @@ func TestForwardPicksTargetByHostname(t *testing.T) {
 		{"other.test", "3:3"},
 	}
 	for _, tt := range tests {
-		if got, _ := f.target(tt.host); got != tt.want {
+		if got, _ := f.Target(tt.host); got != tt.want {
 			t.Errorf("target(%s) = %s, want %s", tt.host, got, tt.want)
 		}
 	}
-	if _, ok := (&Forward{Targets: map[string]string{"a.test": "1:1"}}).target("b.test"); ok {
+	if _, ok := (&Forward{Targets: map[string]string{"a.test": "1:1"}}).Target("b.test"); ok {
 		t.Error("a hostname with no target got one")
 	}
 }
