@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/stagely-dev/stagely/agent/protocol"
+	"github.com/stagely-dev/stagely/tunnel"
 )
 
 // Exchanger trades a bootstrap token for an agent token.
@@ -94,9 +95,10 @@ func TokenWithRetry(ctx context.Context, files Files, ex Exchanger, info protoco
 	delay func(attempt int) time.Duration, onRetry func(err error, wait time.Duration)) (string, error) {
 	for attempt := 0; ; attempt++ {
 		tok, err := Token(ctx, files, ex, info)
-		// No token to exchange, or one spent on another agent token:
-		// no retry mends those.
-		if err == nil || errors.Is(err, ErrNoToken) || errors.Is(err, protocol.ErrTokenUsed) {
+		// No token to exchange, one spent on another agent token, or one
+		// the proxy refuses for good (its machine was destroyed): no retry
+		// mends those.
+		if err == nil || errors.Is(err, ErrNoToken) || errors.Is(err, protocol.ErrTokenUsed) || errors.Is(err, tunnel.ErrRefused) {
 			return tok, err
 		}
 		wait := delay(attempt)

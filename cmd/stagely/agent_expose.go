@@ -122,16 +122,17 @@ func runAgentExpose(ctx context.Context, cfg agentExposeConfig, stdout, stderr i
 	}
 	tcfg := tunnel.DefaultConfig()
 	tcfg.Logger = log
+	fwd := &tunnel.Forward{Targets: cfg.expose, Logger: log}
 	a, err := tunnel.NewAgent(tunnel.AgentConfig{
 		Addr:    cfg.proxyAddr,
 		Token:   cfg.token,
 		TLS:     tc,
-		Handler: &tunnel.Forward{Targets: cfg.expose, Logger: log},
+		Handler: fwd,
 		Tunnel:  tcfg,
 		Version: "stagely-agent-expose",
 		OnConnect: func(w tunnel.Welcome) {
 			for _, h := range w.Hostnames {
-				if _, ok := cfg.expose[h]; !ok {
+				if _, ok := fwd.Target(h); !ok {
 					log.Warn().Str("hostname", h).Msg("the proxy grants this hostname but nothing is exposed for it")
 				}
 			}

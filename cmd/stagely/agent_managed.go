@@ -73,10 +73,20 @@ func runManagedAgent(ctx context.Context, cfg agentExposeConfig, log zerolog.Log
 		}
 		actx, stop := context.WithCancel(ctx)
 		defer stop()
-		go a.Run(actx)
 		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer cancel()
+		refused := make(chan error, 1)
+		go func() {
+			if err := a.Run(actx); err != nil {
+				refused <- err // for good: waiting longer mends nothing
+				cancel()
+			}
+		}()
 		if _, err := a.WaitConnected(wctx); err != nil {
+			select {
+			case err = <-refused:
+			default:
+			}
 			return protocol.ExchangeResponse{}, fmt.Errorf("connect to the proxy with the bootstrap token: %w", err)
 		}
 		return (&protocol.Client{Dial: control(a)}).Exchange(ctx, req)
@@ -95,20 +105,27 @@ func runManagedAgent(ctx context.Context, cfg agentExposeConfig, log zerolog.Log
 	if err != nil {
 		return err
 	}
-	routes := &previewRoutes{engine: engine}
+	routes := &previewRoutes{engine: engine, log: log}
 	a, err := dial(token, routes)
 	if err != nil {
 		return err
 	}
+	// A tunnel the proxy refuses for good ends the agent, with the reason:
+	// nothing it does works without one.
+	rctx, refused := context.WithCancelCause(ctx)
+	defer refused(nil)
 	go func() {
-		if err := a.Run(ctx); err != nil && ctx.Err() == nil {
-			log.Error().Err(err).Msg("tunnel")
+		if err := a.Run(rctx); err != nil {
+			refused(fmt.Errorf("tunnel to %s: %w", cfg.proxyAddr, err))
 		}
 	}()
 	client := &protocol.Client{Dial: control(a), Token: token}
 	ag := &agent.Agent{Engine: engine, Client: client, OnDeployment: routes.set,
 		Logf: func(f string, args ...any) { log.Info().Msgf(f, args...) }}
-	err = ag.Run(ctx)
+	err = ag.Run(rctx)
+	if cause := context.Cause(rctx); ctx.Err() == nil && cause != nil {
+		return cause
+	}
 	if errors.Is(err, protocol.ErrUnauthorized) {
 		return fmt.Errorf("the server no longer knows this agent (destroyed?): %w", err)
 	}
@@ -126,6 +143,7 @@ func (f exchangerFunc) Exchange(ctx context.Context, req protocol.ExchangeReques
 // its address on the compose network (no port is published on the host).
 type previewRoutes struct {
 	engine *agent.Engine
+	log    zerolog.Logger
 	mu     sync.Mutex
 	cur    *protocol.Deployment
 }
@@ -140,7 +158,9 @@ func (p *previewRoutes) ServeStream(ctx context.Context, hostname string, conn n
 	p.mu.Lock()
 	d := p.cur
 	p.mu.Unlock()
+	// Each refusal is a 502 for the visitor; the line says why.
 	if d == nil {
+		p.log.Warn().Str("hostname", hostname).Msg("preview request before any deployment; answered 502")
 		conn.Close()
 		return
 	}
@@ -148,18 +168,22 @@ func (p *previewRoutes) ServeStream(ctx context.Context, hostname string, conn n
 		if pv.Host != hostname {
 			continue
 		}
+		log := p.log.With().Str("hostname", hostname).Str("service", pv.Service).Int("port", pv.Port).Logger()
 		addr, err := p.engine.Address(ctx, d.EnvironmentID, pv.Service, pv.Port)
 		if err != nil {
+			log.Warn().Err(err).Msg("no address for the preview's service; answered 502")
 			conn.Close()
 			return
 		}
 		target, err := (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", addr)
 		if err != nil {
+			log.Warn().Err(err).Str("address", addr).Msg("could not reach the preview's service; answered 502")
 			conn.Close()
 			return
 		}
 		tunnel.Pipe(conn, target)
 		return
 	}
+	p.log.Warn().Str("hostname", hostname).Msg("no preview of the current deployment has this hostname; answered 502")
 	conn.Close()
 }

@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -143,7 +142,7 @@ type proxyRun struct {
 	token, host, backendAddr string
 	done                     chan error
 	stop                     context.CancelFunc
-	logs                     *proxyLogBuffer
+	logs                     *syncBuffer
 }
 
 // startProxyCmd runs the command in mode against env's Pebble; DNS-01 goes
@@ -162,7 +161,7 @@ func startProxyCmd(t *testing.T, env *certstest.Env, mode string) *proxyRun {
 		token:  "0123456789abcdef-preview-token",
 		host:   "abc123." + env.Domain,
 		done:   make(chan error, 1),
-		logs:   &proxyLogBuffer{},
+		logs:   &syncBuffer{},
 	}
 	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		fmt.Fprintf(w, "preview %s over %s", req.Host, req.Header.Get("X-Forwarded-Proto"))
@@ -374,22 +373,4 @@ func freeAddr(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
-}
-
-// proxyLogBuffer is a log sink safe for concurrent writers.
-type proxyLogBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *proxyLogBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *proxyLogBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
