@@ -62,7 +62,7 @@ func (c *previewTLS) register(fs *flag.FlagSet, sharers string) {
 	fs.StringVar(&c.tlsCertFile, "tls-cert-file", "", "with --tls-mode file: certificate (PEM, e.g. the *.preview-domain wildcard) for --https-addr")
 	fs.StringVar(&c.tlsKeyFile, "tls-key-file", "", "with --tls-mode file: private key (PEM) for --tls-cert-file")
 	fs.StringVar(&c.acmeDirectory, "acme-directory", "", "with --tls-mode wildcard or on-demand: the ACME CA's directory URL; empty: Let's Encrypt's production CA")
-	fs.StringVar(&c.acmeEmail, "acme-email", "", "with --tls-mode wildcard or on-demand: contact address of the ACME account (expiry and policy notices); using a CA accepts its subscriber agreement")
+	fs.StringVar(&c.acmeEmail, "acme-email", "", "with --tls-mode wildcard (required) or on-demand: contact address of the ACME account (expiry and policy notices); using a CA accepts its subscriber agreement")
 	fs.StringVar(&c.acmeCAFile, "acme-ca-file", "", "with --tls-mode wildcard or on-demand: CA certificates (PEM) to trust for the ACME server's own TLS instead of the system's, for a private CA; the certificates served are not affected")
 	fs.StringVar(&c.dnsProvider, "dns-provider", "", "DNS host that answers the ACME DNS-01 challenge: cloudflare; required with --tls-mode wildcard, optional with on-demand (then it replaces the HTTP-01 and TLS-ALPN-01 challenges)")
 	fs.StringVar(&c.dnsAPIToken, "dns-api-token", "", "credential of --dns-provider; for cloudflare an API token with Zone.DNS:Edit on the zone of --preview-domain")
@@ -127,6 +127,7 @@ func (c *previewTLS) check(previewDomain, valkeyURL string) error {
 			"https-addr":     c.addr == "",
 			"preview-domain": previewDomain == "",
 			"dns-provider":   mode == tlsModeWildcard && c.dnsProvider == "",
+			"acme-email":     mode == tlsModeWildcard && c.acmeEmail == "",
 		}); err != nil {
 			return fmt.Errorf("--tls-mode %s: %w", mode, err)
 		}

@@ -85,7 +85,8 @@ type Config struct {
 	ACMEDirectory string
 
 	// Email is the contact of the ACME account, to which the CA sends
-	// expiry and policy notices. Optional but recommended. Configuring a CA
+	// expiry and policy notices. Required in ModeWildcard (certmagic would
+	// ask for one on stdin), optional in ModeOnDemand. Configuring a CA
 	// means agreeing to its subscriber agreement: the account is created
 	// with it accepted.
 	Email string
@@ -191,6 +192,13 @@ func (c Config) Verify() error {
 			return fmt.Errorf("certs: unknown DNSProvider %q (shipped: cloudflare)", c.DNSProvider)
 		}
 	}
+	if c.Mode == ModeWildcard && c.Email == "" {
+		// certmagic obtains the wildcard at start "interactively": without
+		// an email it asks for one on stdin, which, left open (a terminal,
+		// a container with a TTY), waits for ever, past ctx and holding the
+		// issuance lock every other proxy waits on.
+		return errors.New("certs: Email is required in wildcard mode")
+	}
 	if c.Mode == ModeOnDemand && c.HasRoute == nil {
 		return errors.New("certs: HasRoute is required in on-demand mode")
 	}
@@ -224,9 +232,10 @@ type Manager struct {
 }
 
 // New returns the Manager for cfg. In ModeWildcard it first loads the
-// wildcard certificate from storage or, if there is none (or it is due
-// for renewal), obtains it, and returns only once it can be served; ctx
-// bounds that wait, not the Manager's life. The other modes do no I/O.
+// wildcard certificate from storage or, if there is none (or it has
+// expired), obtains it, and returns only once it can be served; ctx bounds
+// that wait, not the Manager's life. A stored certificate due for renewal
+// is served and renewed in the background. The other modes do no I/O.
 func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := cfg.Verify(); err != nil {
 		return nil, err
@@ -272,6 +281,17 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 
 	if cfg.Mode == ModeWildcard {
 		name := "*." + cfg.PreviewDomain
+		// A stored certificate that is still valid is served as it is,
+		// even when due for renewal: the cache's maintenance renews it in
+		// the background, with retries. ManageSync would renew it now, once,
+		// and a CA or DNS outage would keep every proxy from starting for
+		// the last third of the certificate's life.
+		if cert, err := m.magic.CacheManagedCertificate(ctx, name); err == nil {
+			if !cert.Expired() {
+				return m, nil
+			}
+			m.cache.Remove([]string{cert.Hash()}) // ManageSync renews it, or fails
+		}
 		if err := m.magic.ManageSync(ctx, []string{name}); err != nil {
 			m.cache.Stop()
 			return nil, fmt.Errorf("certs: obtain certificate for %s from %s: %w", name, cfg.ACMEDirectory, err)

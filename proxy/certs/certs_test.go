@@ -2,12 +2,18 @@ package certs_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -17,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/certmagic"
 	"github.com/libdns/libdns"
 	"github.com/rs/zerolog"
 
@@ -290,7 +297,9 @@ func TestConfigVerifyNamesWhatIsMissing(t *testing.T) {
 		wantErr string // "" for valid
 	}{
 		{"http mode needs nothing", certs.Config{Mode: certs.ModeHTTP}, ""},
-		{"wildcard with cloudflare", certs.Config{PreviewDomain: "preview.example.com", DNSProvider: "cloudflare", DNSAPIToken: "t"}, ""},
+		{"wildcard with cloudflare", certs.Config{PreviewDomain: "preview.example.com", Email: "ops@example.com", DNSProvider: "cloudflare", DNSAPIToken: "t"}, ""},
+		// Without one certmagic would ask for it on stdin at start.
+		{"wildcard without an email", certs.Config{PreviewDomain: "preview.example.com", DNSProvider: "cloudflare", DNSAPIToken: "t"}, "Email is required"},
 		{"on-demand without DNS uses HTTP challenges", certs.Config{Mode: certs.ModeOnDemand, PreviewDomain: "preview.example.com", HasRoute: hasRoute}, ""},
 		{"unknown mode", certs.Config{Mode: "magic", PreviewDomain: "preview.example.com"}, "unknown mode"},
 		{"no preview domain", certs.Config{DNSProvider: "cloudflare", DNSAPIToken: "t"}, "PreviewDomain is required"},
@@ -314,5 +323,75 @@ func TestConfigVerifyNamesWhatIsMissing(t *testing.T) {
 				t.Fatalf("Verify() = %v, want an error saying %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// A proxy whose stored wildcard is due for renewal (10 of its 90 days
+// left) starts, and serves it, while the CA cannot be reached: renewal is
+// the cache's background work, with retries. Else a CA or DNS outage would
+// keep every proxy from starting for the last third of the certificate's
+// life.
+func TestWildcardDueForRenewalIsServedWhileTheCAIsDown(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const domain = "pv-renew.stagely.test"
+	name := "*." + domain
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	directory := fmt.Sprintf("https://%s/dir", l.Addr()) // nobody listens there
+	l.Close()
+
+	storage := openStorage(t, testPrefix(t), 0)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(424242),
+		Subject:      pkix.Name{CommonName: name},
+		DNSNames:     []string{name},
+		NotBefore:    time.Now().Add(-80 * 24 * time.Hour),
+		NotAfter:     time.Now().Add(10 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issuer := (&certmagic.ACMEIssuer{CA: directory}).IssuerKey()
+	for k, v := range map[string][]byte{
+		certmagic.StorageKeys.SiteCert(issuer, name):       pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		certmagic.StorageKeys.SitePrivateKey(issuer, name): pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
+		certmagic.StorageKeys.SiteMeta(issuer, name):       []byte(`{"sans":["` + name + `"]}`),
+	} {
+		if err := storage.Store(ctx, k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := certs.New(ctx, certs.Config{
+		Mode:          certs.ModeWildcard,
+		PreviewDomain: domain,
+		ACMEDirectory: directory,
+		Email:         "ops@example.com",
+		DNS:           silentDNS{},
+		Storage:       storage,
+	})
+	if err != nil {
+		t.Fatalf("the proxy did not start, with a certificate valid 10 more days in storage: %v", err)
+	}
+	defer m.Close()
+	c, err := m.TLSConfig().GetCertificate(&tls.ClientHelloInfo{ServerName: "abc123." + domain})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leaf, err := x509.ParseCertificate(c.Certificate[0]); err != nil || leaf.SerialNumber.Int64() != 424242 {
+		t.Errorf("served %v (%v), want the stored certificate", leaf.SerialNumber, err)
 	}
 }

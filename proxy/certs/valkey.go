@@ -414,6 +414,12 @@ func (s *ValkeyStorage) lockRemote(ctx context.Context, name string, wait bool) 
 			return token, nil
 		}
 		if !valkey.IsValkeyNil(err) {
+			// The SET may have been carried out though its answer was lost
+			// (ctx ended, the connection broke): undo it, or the lock stays
+			// taken, by nobody, for LockTTL.
+			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			_ = releaseScript.Exec(uctx, s.c, []string{key}, []string{token}).Error()
+			cancel()
 			return "", fmt.Errorf("certs: take lock %s: %w", name, err)
 		}
 		if !wait {

@@ -5,7 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"slices"
@@ -418,5 +421,75 @@ func TestUnlockOfALostLockReportsItAndSparesTheNewHolder(t *testing.T) {
 	_ = c.Do(ctx, c.B().Del().Key(key).Build())
 	if err := s.Unlock(ctx, "never-held"); err == nil {
 		t.Error("Unlock of a lock never held succeeded")
+	}
+}
+
+// slowAnswers relays connections to target, holding each of the
+// server's answers for delay: a distant or busy Valkey.
+func slowAnswers(t *testing.T, target string, delay time.Duration) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			go func() { io.Copy(s, c); s.Close() }()
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := s.Read(buf)
+					time.Sleep(delay)
+					if _, werr := c.Write(buf[:n]); werr != nil || err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// A Lock whose context ends while its SET is on the way fails; the lock
+// must then be free, not taken by nobody for LockTTL. The SET is not
+// always sent before the context ends, so several names are tried.
+func TestLockGivenUpOnLeavesTheLockFree(t *testing.T) {
+	prefix := testPrefix(t)
+	u, err := url.Parse(valkeyURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = slowAnswers(t, u.Host, 300*time.Millisecond)
+	ctx := context.Background()
+	slow, err := certs.OpenValkeyStorage(ctx, certs.StorageConfig{URL: u.String(), Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	other := openStorage(t, prefix, 0)
+	for i := range 8 {
+		name := fmt.Sprintf("issue_cert_%d.a.test", i)
+		lctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		lockErr := slow.Lock(lctx, name)
+		cancel()
+		if lockErr == nil {
+			t.Fatal("Lock succeeded although its context ended before Valkey's answer")
+		}
+		time.Sleep(400 * time.Millisecond) // a SET that was sent has been carried out
+		if ok, err := other.TryLock(ctx, name); err != nil || !ok {
+			t.Fatalf("name %d: Lock failed (%v), yet the lock is taken: TryLock = %v, %v", i, lockErr, ok, err)
+		}
+		other.Unlock(ctx, name)
 	}
 }
