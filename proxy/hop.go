@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -22,6 +23,11 @@ import (
 // replay one through a public port.
 const hopHeader = "Stagely-Hop"
 
+// hopRefusedHeader marks the hop listener's own refusal of a request, so
+// that the sending node answers its visitor with the 502 page and says
+// why, instead of passing a bare 401 on.
+const hopRefusedHeader = "Stagely-Hop-Refused"
+
 type hopKey struct{}
 
 // hopTo forwards r to node.
@@ -32,7 +38,11 @@ func (p *Proxy) hopTo(w http.ResponseWriter, r *http.Request, node string) {
 func (p *Proxy) newHopProxy() (*httputil.ReverseProxy, *http.Transport) {
 	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	tr := &http.Transport{
-		DialContext:            d.DialContext,
+		DialContext: d.DialContext,
+		// A node that is frozen (paused, wedged) still has its kernel
+		// accept connections: without this bound the handshake, and the
+		// visitor, would wait for ever.
+		TLSHandshakeTimeout:    5 * time.Second,
 		MaxIdleConnsPerHost:    128,
 		IdleConnTimeout:        90 * time.Second,
 		ExpectContinueTimeout:  time.Second,
@@ -53,12 +63,31 @@ func (p *Proxy) newHopProxy() (*httputil.ReverseProxy, *http.Transport) {
 			setForwarded(pr, false)
 			pr.Out.Header.Set(hopHeader, p.signHop(time.Now(), pr.Out))
 		},
-		Transport:    tr,
-		BufferPool:   p.bufs,
-		ErrorHandler: p.proxyError,
+		Transport:  tr,
+		BufferPool: p.bufs,
+		ModifyResponse: func(resp *http.Response) error {
+			if resp.Header.Get(hopRefusedHeader) != "" {
+				return errors.New("the node refused the request's signature: the nodes' hop secrets or clocks differ")
+			}
+			return nil
+		},
+		ErrorHandler: p.hopError,
 		ErrorLog:     p.errorLog,
 	}
 	return rp, tr
+}
+
+// hopError answers a failed hop with the 502 page and says why at warn
+// level: a node that cannot reach another (a wrong address, a hop secret
+// that differs between them, a node that is gone) fails every preview
+// held there, which an operator must hear of.
+func (p *Proxy) hopError(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		return
+	}
+	node, _ := r.Context().Value(hopKey{}).(string)
+	p.log.Warn().Err(err).Str("host", r.Host).Str("node", node).Msg("internal hop to another proxy node failed")
+	unreachablePage(w, r.Host)
 }
 
 // hopPayload is what the signature covers: the request line, the host,
@@ -111,6 +140,7 @@ func (p *Proxy) hopHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if len(p.cfg.HopSecret) == 0 || !p.verifyHop(time.Now(), r) {
 			p.log.Warn().Str("remote", r.RemoteAddr).Str("host", r.Host).Msg("internal hop request without a valid signature; rejected")
+			w.Header().Set(hopRefusedHeader, "1")
 			http.Error(w, "unauthenticated", http.StatusUnauthorized)
 			return
 		}

@@ -11,11 +11,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/rs/zerolog"
 )
 
 // valkeyURL is the shared Valkey (Redis 7) the tests use; scripts/services.sh
@@ -132,7 +135,7 @@ func TestHopIsEncrypted(t *testing.T) {
 	}
 }
 
-// recorder keeps every byte a relay carries.
+// recorder keeps every byte written to it: a relay's traffic, a log.
 type recorder struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
@@ -225,5 +228,144 @@ func TestRouteStoreContract(t *testing.T) {
 			time.Sleep(120 * time.Millisecond)
 			check("s.p.test", Route{}, ErrNoRoute)
 		})
+	}
+}
+
+// A node that is frozen (paused, wedged) still has its kernel accept the
+// hop's connection: the visitor gets the 502 page after the handshake's
+// bound, not a request that never ends.
+func TestHopToAFrozenNodeAnswers502(t *testing.T) {
+	frozen := listen(t) // accepted by the kernel, never served
+	t.Cleanup(func() { frozen.Close() })
+	store1 := openValkey(t)
+	store2 := &Valkey{c: store1.c, prefix: store1.prefix}
+	n1 := startNode(t, nodeOpts{routes: store1, multi: true, tweak: func(c *Config) { c.Node = frozen.Addr().String() }})
+	n2 := startNode(t, nodeOpts{routes: store2, multi: true, ca: n1.ca})
+	agentFor(t, n1, "token-a", backend(t).addr)
+	c := client(n2.public)
+	c.Timeout = 20 * time.Second
+	start := time.Now()
+	status, body := get(t, c, "http://"+hostA+"/hello")
+	if status != http.StatusBadGateway || !strings.Contains(body, "not reachable right now") {
+		t.Fatalf("via node 2 to a frozen node 1: %d, want the 502 page", status)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Fatalf("the 502 took %v", took)
+	}
+}
+
+// When the node holding the agent refuses a hop request (the nodes' hop
+// secrets or clocks differ), the visitor gets the 502 page, not a bare
+// 401, and the sending node says why at warn level.
+func TestHopRefusalIsA502AndAWarning(t *testing.T) {
+	tests := []struct {
+		name      string
+		n1, n2    func(*nodeOpts)
+		wantInLog string
+	}{
+		{"hop secrets differ",
+			func(*nodeOpts) {},
+			func(o *nodeOpts) { o.secret = []byte("another-secret-another-secret-another-secret") },
+			"certificate"},
+		{"clocks differ",
+			func(o *nodeOpts) { o.tweak = func(c *Config) { c.HopSkew = time.Nanosecond } },
+			func(*nodeOpts) {},
+			"signature"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			store1 := openValkey(t)
+			store2 := &Valkey{c: store1.c, prefix: store1.prefix}
+			o1 := nodeOpts{routes: store1, multi: true}
+			tt.n1(&o1)
+			n1 := startNode(t, o1)
+			logs := &recorder{}
+			o2 := nodeOpts{routes: store2, multi: true, ca: n1.ca}
+			tt.n2(&o2)
+			o2.tweak = func(c *Config) { c.Logger = zerolog.New(logs).Level(zerolog.InfoLevel) }
+			n2 := startNode(t, o2)
+			agentFor(t, n1, "token-a", backend(t).addr)
+			time.Sleep(10 * time.Millisecond) // past a skew of 1 ns
+			status, body := get(t, client(n2.public), "http://"+hostA+"/hello")
+			if status != http.StatusBadGateway || !strings.Contains(body, "not reachable right now") {
+				t.Fatalf("visitor got %d %.40q, want the 502 page", status, body)
+			}
+			var warned bool
+			for line := range strings.Lines(string(logs.bytes())) {
+				warned = warned || strings.Contains(line, `"level":"warn"`) && strings.Contains(line, "internal hop") && strings.Contains(line, tt.wantInLog)
+			}
+			if !warned {
+				t.Fatalf("no warning naming the hop's failure (%q); logs:\n%s", tt.wantInLog, logs.bytes())
+			}
+		})
+	}
+}
+
+// startRedis runs a private redis-server on addr, without persistence, so
+// that a test can take it away as an outage would.
+func startRedis(t *testing.T, addr string) (stop func()) {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command("redis-server", "--bind", host, "--port", port, "--save", "", "--appendonly", "no")
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("redis-server (scripts/services.sh installs it): %v", err)
+	}
+	var once sync.Once
+	stop = func() { once.Do(func() { cmd.Process.Kill(); cmd.Wait() }) }
+	t.Cleanup(stop)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return stop
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("redis-server did not start")
+		}
+	}
+}
+
+// While the shared route table is unreachable a visitor gets the 503
+// page within seconds; when it comes back (empty, as after a restart)
+// the refresh puts the route back.
+func TestValkeyOutageAnswers503AndRecovers(t *testing.T) {
+	ln := listen(t)
+	addr := ln.Addr().String()
+	ln.Close()
+	stop := startRedis(t, addr)
+	store, err := OpenValkey(ctxTimeout(t, 5*time.Second), "redis://"+addr+"/0", "outage:")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Close)
+	n := startNode(t, nodeOpts{routes: store, multi: true, tweak: func(c *Config) {
+		c.AgentTTL = 3 * time.Second
+		c.RefreshInterval = 500 * time.Millisecond
+	}})
+	agentFor(t, n, "token-a", backend(t).addr)
+	c := client(n.public)
+	c.Timeout = 15 * time.Second
+	if status, _ := get(t, c, "http://"+hostA+"/hello"); status != 200 {
+		t.Fatalf("before the outage: %d", status)
+	}
+	stop()
+	time.Sleep(1100 * time.Millisecond) // past the resolver's cache
+	start := time.Now()
+	resp, err := c.Get("http://" + hostA + "/hello")
+	if err != nil {
+		t.Fatalf("while Valkey is down: no answer after %v: %v", time.Since(start).Round(time.Millisecond), err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("while Valkey is down: %d, want 503", resp.StatusCode)
+	}
+	startRedis(t, addr)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		status, _ := get(t, c, "http://"+hostA+"/hello")
+		if status == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("routing did not come back with Valkey (last %d)", status)
+		}
 	}
 }

@@ -97,7 +97,8 @@ func TestForwardedAndHopByHopHeaders(t *testing.T) {
 }
 
 func TestStaticRouteFile(t *testing.T) {
-	good := `# standalone routes
+	// Some editors start a file with a byte-order mark.
+	good := "\ufeff" + `# standalone routes
 app.localhost        token-one-0123456789
 API.app.localhost.   token-one-0123456789
 *.demo.localhost     token-two-0123456789

@@ -156,7 +156,15 @@ func (v *Valkey) DeleteHost(ctx context.Context, host string) error {
 	return nil
 }
 
+// resolveTimeout bounds one Resolve. valkey-go retries a read-only
+// command after a network error until its context ends, and a request's
+// context has no deadline: without it a request would wait for as long
+// as Valkey is unreachable, instead of getting the 503 page.
+const resolveTimeout = 2 * time.Second
+
 func (v *Valkey) Resolve(ctx context.Context, host string) (Route, error) {
+	ctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+	defer cancel()
 	wild := wildcardKey(host)
 	k1 := v.hostKey(host)
 	k2 := k1

@@ -34,7 +34,11 @@ func ParseStaticRoutes(name string, r io.Reader) (*StaticRoutes, error) {
 	seen := map[string]int{}       // hostname → line
 	sc := bufio.NewScanner(r)
 	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
+		text := sc.Text()
+		if n == 1 {
+			text = strings.TrimPrefix(text, "\ufeff") // the byte-order mark some editors write
+		}
+		line := strings.TrimSpace(text)
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}

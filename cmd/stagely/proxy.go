@@ -111,6 +111,17 @@ func (c *proxyConfig) check() error {
 		if len(c.hopSecret) < 32 {
 			return fmt.Errorf("--hop-secret (%s) must be at least 32 characters with --hop-addr", envName("hop-secret"))
 		}
+		// The other nodes dial the advertised address: ":9443" or
+		// "0.0.0.0:9443" would name every node alike, and each would take
+		// every agent for its own.
+		adv := c.advertise
+		if adv == "" {
+			adv = c.hopAddr
+		}
+		host, _, err := net.SplitHostPort(adv)
+		if ip := net.ParseIP(host); err != nil || host == "" || ip != nil && ip.IsUnspecified() {
+			return fmt.Errorf("%s: %q is not an address the other nodes can dial; set it to this node's private address and port", setting("advertise-addr"), adv)
+		}
 	}
 	if c.httpAddr == "" && c.https.addr == "" {
 		return errors.New("set --http-addr or --https-addr: the proxy would serve nobody")

@@ -105,6 +105,29 @@ func TestProxyTLSSettingsAreCheckedAndNamed(t *testing.T) {
 	}
 }
 
+// The other nodes dial a node's advertised hop address: one that names
+// no host would name every node alike, and each would take every agent
+// for its own and answer 502.
+func TestProxyHopNeedsAnAddressOtherNodesCanDial(t *testing.T) {
+	clearProxyEnv(t)
+	dir := t.TempDir()
+	routes := writeTestFile(t, dir, "routes", "app.localhost token-one-0123456789\n")
+	base := []string{"proxy", "--routes", routes, "--dev-ca-file", filepath.Join(dir, "ca.pem"),
+		"--http-addr", "127.0.0.1:0", "--valkey-url", "redis://127.0.0.1:1/0", "--hop-secret", strings.Repeat("s", 32)}
+	for _, args := range [][]string{
+		{"--hop-addr", ":9443"},
+		{"--hop-addr", "0.0.0.0:9443"},
+		{"--hop-addr", "[::]:9443"},
+		{"--hop-addr", "10.0.0.5:9443", "--advertise-addr", "0.0.0.0:9443"},
+	} {
+		var out, errb bytes.Buffer
+		err := run(context.Background(), append(slices.Clone(base), args...), &out, &errb)
+		if err == nil || !strings.Contains(err.Error(), "--advertise-addr (STAGELY_ADVERTISE_ADDR)") {
+			t.Errorf("%v: err = %v, want one naming --advertise-addr", args, err)
+		}
+	}
+}
+
 func TestProxyRefusesAnACMECAFileWithoutCertificates(t *testing.T) {
 	clearProxyEnv(t)
 	dir := t.TempDir()
