@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,8 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/rs/zerolog"
+
+	"github.com/stagely-dev/stagely/tunnel"
 )
 
 // valkeyURL is the shared Valkey (Redis 7) the tests use; scripts/services.sh
@@ -223,6 +226,21 @@ func TestRouteStoreContract(t *testing.T) {
 			check("srv.p.test", Route{Key: "srv.p.test", Environment: "env2", Agent: "agt2"}, nil)
 			s.DeleteHost(ctx, "srv.p.test")
 			check("srv.p.test", Route{}, ErrNoRoute)
+			// A refresh extends hosts but does not bring back one the server
+			// deleted while the agent was still connected...
+			live := Publication{Agent: "agt3", Environment: "env3", Hosts: []string{"d.p.test"}, Node: "node1:1", Generation: 7}
+			s.Publish(ctx, []Publication{live}, ttl, ttl)
+			check("d.p.test", Route{Key: "d.p.test", Environment: "env3", Agent: "agt3", Node: "node1:1", Generation: 7}, nil)
+			s.DeleteHost(ctx, "d.p.test")
+			refresh := live
+			refresh.Refresh = true
+			s.Publish(ctx, []Publication{refresh}, ttl, ttl)
+			check("d.p.test", Route{}, ErrNoRoute)
+			// ...unless the agent's location was gone too: the table lost
+			// its keys, or the first publication never landed.
+			s.Withdraw(ctx, "agt3", 7)
+			s.Publish(ctx, []Publication{refresh}, ttl, ttl)
+			check("d.p.test", Route{Key: "d.p.test", Environment: "env3", Agent: "agt3", Node: "node1:1", Generation: 7}, nil)
 			// Expiry.
 			s.Publish(ctx, []Publication{{Agent: "short", Environment: "e", Hosts: []string{"s.p.test"}, Node: "n:1", Generation: 1}}, 50*time.Millisecond, 50*time.Millisecond)
 			time.Sleep(120 * time.Millisecond)
@@ -367,5 +385,45 @@ func TestValkeyOutageAnswers503AndRecovers(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("routing did not come back with Valkey (last %d)", status)
 		}
+	}
+}
+
+// A destroyed preview answers 404 once its machine is gone, even when the
+// agent stayed connected for a few refreshes after the server deleted its
+// hosts, as a machine does while its cloud tears it down.
+func TestDeletedHostStaysDeletedWhileItsAgentLingers(t *testing.T) {
+	stores := map[string]func(t *testing.T) RouteStore{
+		"memory": func(*testing.T) RouteStore { return NewMemory() },
+		"valkey": func(t *testing.T) RouteStore { return openValkey(t) },
+	}
+	for name, open := range stores {
+		t.Run(name, func(t *testing.T) {
+			store := open(t)
+			n := startNode(t, nodeOpts{routes: store, multi: name == "valkey", tweak: func(c *Config) {
+				c.AgentTTL = 2 * time.Second
+				c.RefreshInterval = 200 * time.Millisecond
+			}})
+			ctx, cancel := context.WithCancel(context.Background())
+			a, err := tunnel.NewAgent(tunnel.AgentConfig{Addr: n.tunnel, Token: "token-a", TLS: &tls.Config{RootCAs: n.ca.Pool()},
+				Handler: &tunnel.Forward{Targets: map[string]string{"*": backend(t).addr}}, Tunnel: fastTunnel()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan struct{})
+			go func() { defer close(done); a.Run(ctx) }()
+			defer func() { cancel(); <-done }()
+			waitLive(t, n, hostA)
+			if err := store.DeleteHost(t.Context(), hostA); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(600 * time.Millisecond) // three refreshes with the agent still there
+			cancel()
+			<-done
+			time.Sleep(300 * time.Millisecond) // past the resolver's cache of the old answer
+			if status, body := get(t, client(n.public), "http://"+hostA+"/hello"); status != http.StatusNotFound {
+				_, err := store.Resolve(t.Context(), hostA)
+				t.Fatalf("destroyed preview answers %d (%.60q), want 404; Resolve: %v", status, body, err)
+			}
+		})
 	}
 }

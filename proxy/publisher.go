@@ -63,7 +63,9 @@ func (p *Proxy) refresh() {
 		end := min(i+publishBatch, len(sessions))
 		pubs := make([]Publication, 0, end-i)
 		for _, s := range sessions[i:end] {
-			pubs = append(pubs, p.publication(s))
+			pub := p.publication(s)
+			pub.Refresh = true
+			pubs = append(pubs, pub)
 		}
 		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.RefreshInterval)
 		err := p.routes.Publish(ctx, pubs, p.cfg.AgentTTL, p.cfg.HostTTL)

@@ -31,14 +31,23 @@ type Publication struct {
 	Hosts      []string
 	Node       string
 	Generation uint64
+	// Refresh marks a session's periodic re-publication: it extends the
+	// host entries still there and does not bring back one deleted since
+	// (the server deletes an environment's hosts before its machine, and
+	// so its session, is gone), unless the agent's location was missing
+	// too: the table lost its keys, or the session's first publication
+	// failed.
+	Refresh bool
 }
 
 // RouteStore is the route table. Memory is the single-node one;
 // Valkey is shared by several proxy nodes and the server.
 type RouteStore interface {
-	// Publish records, for each publication, the agent's location (unless
-	// a newer generation is recorded: a stale node never overwrites a
-	// fresh one) with agentTTL, and its hosts with hostTTL.
+	// Publish records, for each publication, the agent's location with
+	// agentTTL and its hosts with hostTTL (a refresh only extends hosts,
+	// see Publication.Refresh), unless a newer generation is recorded: a
+	// stale node never overwrites a fresh one. Each publication is written
+	// whole or not at all.
 	Publish(ctx context.Context, pubs []Publication, agentTTL, hostTTL time.Duration) error
 	// Withdraw removes the agent's location if generation gen still holds
 	// it. Hosts stay: a known host whose agent is gone answers 502, not

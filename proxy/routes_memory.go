@@ -47,10 +47,15 @@ func (m *Memory) Publish(_ context.Context, pubs []Publication, agentTTL, hostTT
 	m.sweep(now)
 	for _, p := range pubs {
 		cur, ok := m.agents[p.Agent]
-		if !ok || !live(cur.expires, now) || cur.gen <= p.Generation {
-			m.agents[p.Agent] = memAgent{node: p.Node, gen: p.Generation, expires: expiry(now, agentTTL)}
+		located := ok && live(cur.expires, now)
+		if located && cur.gen > p.Generation {
+			continue // a stale node
 		}
+		m.agents[p.Agent] = memAgent{node: p.Node, gen: p.Generation, expires: expiry(now, agentTTL)}
 		for _, h := range p.Hosts {
+			if old, ok := m.hosts[h]; p.Refresh && located && (!ok || !live(old.expires, now)) {
+				continue // deleted since
+			}
 			m.hosts[h] = memHost{env: p.Environment, agent: p.Agent, expires: expiry(now, hostTTL)}
 		}
 	}

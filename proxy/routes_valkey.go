@@ -59,11 +59,20 @@ func genString(g uint64) string {
 }
 
 var (
-	// KEYS[1] agent key; ARGV: generation (20 digits), node, ttl ms.
-	claimScript = valkey.NewLuaScript(`
+	// KEYS[1] agent key, KEYS[2..] host keys; ARGV: generation (20
+	// digits), node, agent ttl ms, "<environment> <agent>", host ttl ms
+	// (0: none), "1" for a refresh. A refresh of a located agent only
+	// extends its hosts (XX): one deleted since stays deleted.
+	publishScript = valkey.NewLuaScript(`
 local cur = redis.call('GET', KEYS[1])
 if cur and string.sub(cur, 1, 20) > ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'PX', ARGV[3])
+for i = 2, #KEYS do
+  local set = {'SET', KEYS[i], ARGV[4]}
+  if ARGV[5] ~= '0' then table.insert(set, 'PX'); table.insert(set, ARGV[5]) end
+  if ARGV[6] == '1' and cur then table.insert(set, 'XX') end
+  redis.call(unpack(set))
+end
 return 1`)
 	// KEYS[1] agent key; ARGV[1] generation (20 digits).
 	releaseScript = valkey.NewLuaScript(`
@@ -87,30 +96,27 @@ func (v *Valkey) Publish(ctx context.Context, pubs []Publication, agentTTL, host
 	if len(pubs) == 0 {
 		return nil
 	}
-	claims := make([]valkey.LuaExec, 0, len(pubs))
-	var sets valkey.Commands
+	execs := make([]valkey.LuaExec, 0, len(pubs))
+	agentMS, hostMS := strconv.FormatInt(agentTTL.Milliseconds(), 10), strconv.FormatInt(max(hostTTL.Milliseconds(), 0), 10)
 	for _, p := range pubs {
 		if err := checkIDs(p.Environment, p.Agent); err != nil {
 			return err
 		}
-		claims = append(claims, valkey.LuaExec{
-			Keys: []string{v.agentKey(p.Agent)},
-			Args: []string{genString(p.Generation), p.Node, strconv.FormatInt(agentTTL.Milliseconds(), 10)},
-		})
+		keys := make([]string, 0, 1+len(p.Hosts))
+		keys = append(keys, v.agentKey(p.Agent))
 		for _, h := range p.Hosts {
-			sets = append(sets, v.setHost(h, p.Environment, p.Agent, hostTTL))
+			keys = append(keys, v.hostKey(h))
 		}
+		refresh := "0"
+		if p.Refresh {
+			refresh = "1"
+		}
+		execs = append(execs, valkey.LuaExec{Keys: keys,
+			Args: []string{genString(p.Generation), p.Node, agentMS, p.Environment + " " + p.Agent, hostMS, refresh}})
 	}
-	for _, r := range claimScript.ExecMulti(ctx, v.c, claims...) {
+	for _, r := range publishScript.ExecMulti(ctx, v.c, execs...) {
 		if err := r.Error(); err != nil {
-			return fmt.Errorf("publish agent locations: %w", err)
-		}
-	}
-	if len(sets) > 0 {
-		for _, r := range v.c.DoMulti(ctx, sets...) {
-			if err := r.Error(); err != nil {
-				return fmt.Errorf("publish hosts: %w", err)
-			}
+			return fmt.Errorf("publish routes: %w", err)
 		}
 	}
 	return nil
