@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -85,6 +86,8 @@ type Config struct {
 const localNode = "local"
 
 func (c Config) withDefaults() Config {
+	// Hosts are compared lowercase and without the trailing dot.
+	c.PreviewDomain = strings.ToLower(strings.TrimSuffix(c.PreviewDomain, "."))
 	if c.Routes == nil {
 		c.Routes = NewMemory()
 	}
@@ -115,6 +118,11 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+func validDomain(d string) bool {
+	h, ok := normalizeHost(d)
+	return ok && h == d && !strings.Contains(d, ":")
+}
+
 func (c Config) verify() error {
 	switch {
 	case c.TunnelTLS == nil:
@@ -125,6 +133,8 @@ func (c Config) verify() error {
 		return fmt.Errorf("proxy config: HopSecret must be at least 32 bytes when Node is set (got %d)", len(c.HopSecret))
 	case c.Node == localNode:
 		return fmt.Errorf("proxy config: Node %q is reserved", localNode)
+	case c.PreviewDomain != "" && !validDomain(c.PreviewDomain):
+		return fmt.Errorf("proxy config: PreviewDomain %q is not a domain name such as preview.example.com", c.PreviewDomain)
 	case c.RefreshInterval >= c.AgentTTL:
 		return fmt.Errorf("proxy config: RefreshInterval %v must be shorter than AgentTTL %v", c.RefreshInterval, c.AgentTTL)
 	}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -10,6 +11,8 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -38,8 +41,14 @@ type Proxy struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu      sync.Mutex
-	servers []*http.Server
+	mu       sync.Mutex
+	servers  []*http.Server
+	draining bool // Shutdown or Close began: no new Serve
+	// upgraded holds the client connections that upgrades (WebSocket)
+	// took over: http.Server forgets a hijacked connection, so neither its
+	// Shutdown waits for one nor its Close ends it.
+	upgraded map[net.Conn]struct{}
+	upgrades atomic.Int64 // upgrade handlers running
 }
 
 // New checks cfg and returns a node that is not yet listening.
@@ -50,13 +59,14 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Proxy{
-		cfg:    cfg,
-		node:   cfg.Node,
-		routes: cfg.Routes,
-		log:    cfg.Logger.With().Str("component", "proxy").Logger(),
-		bufs:   newBufferPool(),
-		ctx:    ctx,
-		cancel: cancel,
+		cfg:      cfg,
+		node:     cfg.Node,
+		routes:   cfg.Routes,
+		log:      cfg.Logger.With().Str("component", "proxy").Logger(),
+		bufs:     newBufferPool(),
+		ctx:      ctx,
+		cancel:   cancel,
+		upgraded: map[net.Conn]struct{}{},
 	}
 	if p.node == "" {
 		p.node = localNode
@@ -141,7 +151,7 @@ func (p *Proxy) ServeHop(ctx context.Context, ln net.Listener) error {
 
 func (p *Proxy) serveHTTP(ctx context.Context, ln net.Listener, h http.Handler, tc *tls.Config) error {
 	srv := &http.Server{
-		Handler:           h,
+		Handler:           p.trackUpgrades(h),
 		ReadHeaderTimeout: p.cfg.ReadHeaderTimeout,
 		IdleTimeout:       p.cfg.IdleTimeout,
 		MaxHeaderBytes:    p.cfg.MaxHeaderBytes,
@@ -159,8 +169,9 @@ func (p *Proxy) serveHTTP(ctx context.Context, ln net.Listener, h http.Handler, 
 		ln = tls.NewListener(ln, tc)
 	}
 	p.mu.Lock()
-	if p.ctx.Err() != nil {
+	if p.draining {
 		p.mu.Unlock()
+		ln.Close()
 		return http.ErrServerClosed
 	}
 	p.servers = append(p.servers, srv)
@@ -213,6 +224,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	tunDone := make(chan error, 1)
 	go func() { tunDone <- p.tun.Shutdown(ctx, "proxy shutting down") }()
 	p.mu.Lock()
+	p.draining = true
 	servers := append([]*http.Server(nil), p.servers...)
 	p.mu.Unlock()
 	var errs []error
@@ -221,6 +233,10 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	if err := p.waitUpgrades(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	p.closeUpgraded()
 	p.tr.CloseIdleConnections()
 	if err := <-tunDone; err != nil {
 		errs = append(errs, err)
@@ -232,11 +248,13 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 // Close stops everything at once.
 func (p *Proxy) Close() {
 	p.mu.Lock()
+	p.draining = true
 	servers := append([]*http.Server(nil), p.servers...)
 	p.mu.Unlock()
 	for _, s := range servers {
 		s.Close()
 	}
+	p.closeUpgraded()
 	p.tun.Close()
 	p.close()
 }
@@ -248,6 +266,76 @@ func (p *Proxy) close() {
 	p.tr.CloseIdleConnections()
 	p.hopTr.CloseIdleConnections()
 	p.wg.Wait()
+}
+
+// trackUpgrades counts h's upgrade requests while they run and records
+// the connections they take over. Other requests need nothing:
+// http.Server.Shutdown waits for them.
+func (p *Proxy) trackUpgrades(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.Header["Upgrade"]) == 0 {
+			h.ServeHTTP(w, r)
+			return
+		}
+		p.upgrades.Add(1)
+		uw := &upgradeWriter{ResponseWriter: w, p: p}
+		defer func() {
+			if uw.conn != nil {
+				p.mu.Lock()
+				delete(p.upgraded, uw.conn)
+				p.mu.Unlock()
+			}
+			p.upgrades.Add(-1)
+		}()
+		h.ServeHTTP(uw, r)
+	})
+}
+
+// upgradeWriter records the connection an upgrade hijacks.
+type upgradeWriter struct {
+	http.ResponseWriter
+	p    *Proxy
+	conn net.Conn
+}
+
+func (u *upgradeWriter) Unwrap() http.ResponseWriter { return u.ResponseWriter }
+
+func (u *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(u.ResponseWriter).Hijack()
+	if err == nil {
+		u.p.mu.Lock()
+		u.p.upgraded[c] = struct{}{}
+		u.p.mu.Unlock()
+		u.conn = c
+	}
+	return c, brw, err
+}
+
+// upgradePoll is how often Shutdown looks whether the upgrades ended.
+const upgradePoll = 20 * time.Millisecond
+
+// waitUpgrades waits until no upgrade runs, or ctx ends.
+func (p *Proxy) waitUpgrades(ctx context.Context) error {
+	t := time.NewTicker(upgradePoll)
+	defer t.Stop()
+	for p.upgrades.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("proxy shutdown: %d upgraded connections (WebSocket) still open: %w", p.upgrades.Load(), ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// closeUpgraded ends the upgraded connections still open.
+func (p *Proxy) closeUpgraded() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.upgraded {
+		c.Close()
+		delete(p.upgraded, c)
+	}
 }
 
 // zerologWriter sends net/http's own log lines (TLS handshake errors, bad

@@ -9,6 +9,7 @@ import (
 	"io"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/stagely-dev/stagely/tunnel"
 )
@@ -70,6 +71,19 @@ func ParseStaticRoutes(name string, r io.Reader) (*StaticRoutes, error) {
 		s.byHash[h] = tunnel.Identity{Agent: id, Environment: id, Hostnames: hs}
 	}
 	return s, nil
+}
+
+// Prime puts every hostname and pattern of the file in table with ttl, so
+// that a listed host whose agent is not connected answers 502, not 404.
+func (s *StaticRoutes) Prime(ctx context.Context, table RouteStore, ttl time.Duration) error {
+	for _, id := range s.byHash {
+		for _, h := range id.Hostnames {
+			if err := table.PutHost(ctx, h, id.Environment, id.Agent, ttl); err != nil {
+				return fmt.Errorf("route %s: %w", h, err)
+			}
+		}
+	}
+	return nil
 }
 
 func tokenHash(token string) string {

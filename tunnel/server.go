@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -105,6 +106,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
+		ln.Close()
 		return ErrServerClosed
 	}
 	s.listeners[ln] = struct{}{}
@@ -117,6 +119,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.mu.Unlock()
 		ln.Close()
 	}()
+	var backoff time.Duration
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
@@ -124,12 +127,17 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 				return ErrServerClosed
 			}
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
+			if errors.As(err, &ne) && ne.Timeout() || temporaryAccept(err) {
+				// Out of file descriptors or buffers: as net/http does,
+				// wait and accept again instead of ending the listener.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn().Err(err).Dur("retry_in", backoff).Msg("tunnel accept failed; retrying")
+				time.Sleep(backoff)
 				continue
 			}
 			return fmt.Errorf("tunnel accept: %w", err)
 		}
+		backoff = 0
 		select {
 		case s.hsSlots <- struct{}{}:
 		case <-s.ctx.Done():
@@ -143,6 +151,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			s.handshake(conn)
 		}()
 	}
+}
+
+// temporaryAccept reports an accept error that passes: no file
+// descriptors or buffers free for now.
+func temporaryAccept(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
 }
 
 func (s *Server) isClosed() bool {

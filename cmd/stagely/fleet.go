@@ -237,12 +237,17 @@ func startFleet(ctx context.Context, fc fleetConfig, ms *machineSetup, webhookSe
 		lns = append(lns, ln)
 		return ln, nil
 	}
+	// The listeners outlive ctx (cancelled at SIGTERM): stop drains them,
+	// then ends them.
+	runCtx, cancelRun := context.WithCancel(context.WithoutCancel(ctx))
 	tln, err := listen("tunnel-addr", fc.tunnelAddr)
 	if err != nil {
+		cancelRun()
 		return nil, err
 	}
 	pln, err := listen("proxy-addr", fc.proxyAddr)
 	if err != nil {
+		cancelRun()
 		return nil, err
 	}
 	scheme, port := "http", fc.previewPort
@@ -252,25 +257,27 @@ func startFleet(ctx context.Context, fc fleetConfig, ms *machineSetup, webhookSe
 	if fc.https.addr != "" {
 		sln, err := listen("https-addr", fc.https.addr)
 		if err != nil {
+			cancelRun()
 			return nil, err
 		}
 		scheme = "https"
 		if fc.previewPort == "" {
 			_, port, _ = net.SplitHostPort(sln.Addr().String())
 		}
-		go func() { errc <- ignoreClosed(px.ServeTLS(ctx, sln, certsTLS.config)) }()
+		go func() { errc <- ignoreClosed(px.ServeTLS(runCtx, sln, certsTLS.config)) }()
 		log.Info().Str("https", sln.Addr().String()).Str("tls_mode", fc.https.mode()).Msg("previews served over HTTPS")
 	}
-	go func() { errc <- ignoreClosed(px.ServeTunnel(ctx, tln)) }()
+	go func() { errc <- ignoreClosed(px.ServeTunnel(runCtx, tln)) }()
 	stop := func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if err := px.Shutdown(sctx); err != nil {
 			px.Close()
 		}
+		cancelRun()
 		certsTLS.close()
 	}
-	go func() { errc <- ignoreClosed(px.Serve(ctx, pln)) }()
+	go func() { errc <- ignoreClosed(px.Serve(runCtx, pln)) }()
 	tunnelPublic := fc.tunnelPublic
 	if tunnelPublic == "" {
 		tunnelPublic = tln.Addr().String()
@@ -402,7 +409,7 @@ func (b *agentBinary) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func ignoreClosed(err error) error {
-	if err == nil || errors.Is(err, net.ErrClosed) || errors.Is(err, http.ErrServerClosed) {
+	if err == nil || errors.Is(err, net.ErrClosed) || errors.Is(err, http.ErrServerClosed) || errors.Is(err, tunnel.ErrServerClosed) {
 		return nil
 	}
 	return err

@@ -187,6 +187,16 @@ func runProxy(ctx context.Context, cfg proxyConfig, stdout, stderr io.Writer) er
 		return err
 	}
 	defer p.Close()
+	// Every hostname of the route file is known from the start: until its
+	// agent (re)connects, it answers 502, not 404. In a shared table the
+	// entries live as long as those the nodes publish.
+	hostTTL := time.Duration(0)
+	if cfg.valkeyURL != "" {
+		hostTTL = time.Hour
+	}
+	if err := routes.Prime(ctx, p.Routes(), hostTTL); err != nil {
+		return err
+	}
 	certsTLS, err = cfg.https.start(ctx, pc.PreviewDomain, p, cfg.valkeyURL, cfg.hopAddr != "", log)
 	if err != nil {
 		return err

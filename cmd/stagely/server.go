@@ -146,6 +146,9 @@ func runServer(ctx context.Context, cfg serverConfig, stderr io.Writer, deps ser
 	if err := cfg.check(); err != nil {
 		return err
 	}
+	// As `stagely proxy` does: preview hosts are lowercase, without the
+	// trailing dot, in URLs, grants and routes alike.
+	cfg.fleet.previewDomain = strings.ToLower(strings.TrimSuffix(cfg.fleet.previewDomain, "."))
 	log, err := newLogger(stderr, cfg.logLevel, cfg.logFormat)
 	if err != nil {
 		return err
@@ -213,7 +216,9 @@ func runServer(ctx context.Context, cfg serverConfig, stderr io.Writer, deps ser
 		MaxHeaderBytes:    64 << 10,
 		BaseContext:       func(net.Listener) context.Context { return log.WithContext(context.Background()) },
 	}
-	errc := make(chan error, 4)
+	// One slot per sender (the webhook server, the in-process proxy's three
+	// listeners, the workers): nobody reads after shutdown starts.
+	errc := make(chan error, 8)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info().Str("addr", ln.Addr().String()).Str("bot", bot).Int("workers", cfg.workers).Msg("stagely server listening")
 	if deps.listening != nil {
