@@ -179,12 +179,16 @@ func relay(ln net.Listener, target string, rec io.Writer) {
 
 // TestRouteStoreContract runs the same checks on the in-process table and
 // on Valkey.
-func TestRouteStoreContract(t *testing.T) {
-	stores := map[string]func(t *testing.T) RouteStore{
+// routeStores opens each kind of RouteStore for a test.
+func routeStores() map[string]func(t *testing.T) RouteStore {
+	return map[string]func(t *testing.T) RouteStore{
 		"memory": func(*testing.T) RouteStore { return NewMemory() },
 		"valkey": func(t *testing.T) RouteStore { return openValkey(t) },
 	}
-	for name, open := range stores {
+}
+
+func TestRouteStoreContract(t *testing.T) {
+	for name, open := range routeStores() {
 		t.Run(name, func(t *testing.T) {
 			ctx := t.Context()
 			s := open(t)
@@ -392,11 +396,7 @@ func TestValkeyOutageAnswers503AndRecovers(t *testing.T) {
 // agent stayed connected for a few refreshes after the server deleted its
 // hosts, as a machine does while its cloud tears it down.
 func TestDeletedHostStaysDeletedWhileItsAgentLingers(t *testing.T) {
-	stores := map[string]func(t *testing.T) RouteStore{
-		"memory": func(*testing.T) RouteStore { return NewMemory() },
-		"valkey": func(t *testing.T) RouteStore { return openValkey(t) },
-	}
-	for name, open := range stores {
+	for name, open := range routeStores() {
 		t.Run(name, func(t *testing.T) {
 			store := open(t)
 			n := startNode(t, nodeOpts{routes: store, multi: name == "valkey", tweak: func(c *Config) {
