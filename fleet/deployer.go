@@ -99,7 +99,12 @@ RETURNING id, machine_id, state`, t.EnvironmentID, attempt, a.Key, d.ProviderNam
 	}
 	if a.State == "running" && a.MachineID != "" {
 		st, err := d.Provider.State(ctx, a.MachineID)
-		if err == nil && !st.Gone() {
+		if err != nil {
+			// Not knowing is not gone: a throttled or failed read must not
+			// retire a live machine and make a second one.
+			return a, fmt.Errorf("state of machine %s of environment %d: %w", a.MachineID, t.EnvironmentID, err)
+		}
+		if !st.Gone() {
 			return a, nil
 		}
 		// The machine died under us: retire it and start a new attempt.
@@ -119,6 +124,14 @@ RETURNING id, machine_id, state`, t.EnvironmentID, attempt, a.Key, d.ProviderNam
 		Tags: map[string]string{"repo": t.Owner + "-" + t.Repo, "pr": strconv.Itoa(t.PR)},
 	}, d.Launch)
 	if err != nil {
+		if errors.Is(err, provisioner.ErrNotReady) && m.ID != "" {
+			// Launch destroyed (or tried to destroy) it: this key names
+			// that machine for good, so the next try is a new attempt. The
+			// id stays recorded for the reaper should the destroy have failed.
+			if _, uerr := d.DB.DB.ExecContext(ctx, `UPDATE agents SET machine_id = $2, state = 'destroyed', destroyed_at = now(), updated_at = now() WHERE id = $1`, a.ID, m.ID); uerr != nil {
+				return a, errors.Join(err, fmt.Errorf("retire machine %s: %w", m.ID, uerr))
+			}
+		}
 		return a, err
 	}
 	a.MachineID, a.State = m.ID, "running"
@@ -355,11 +368,14 @@ func (d *Deployer) Destroy(ctx context.Context, t reconciler.Target) error {
 	for _, a := range machines {
 		if a.MachineID == "" {
 			// Recorded before a crash, maybe created: find it by its key.
-			if ms, err := d.Provider.List(ctx); err == nil {
-				for _, m := range ms {
-					if m.Key == a.Key {
-						a.MachineID = m.ID
-					}
+			ms, err := d.Provider.List(ctx)
+			if err != nil {
+				// Retiring the row now would forget a machine that may run.
+				return fmt.Errorf("find machine %s of environment %d: %w", a.Key, t.EnvironmentID, err)
+			}
+			for _, m := range ms {
+				if m.Key == a.Key {
+					a.MachineID = m.ID
 				}
 			}
 		}

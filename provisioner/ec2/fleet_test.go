@@ -1,0 +1,70 @@
+package ec2
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stagely-dev/stagely/checks"
+	"github.com/stagely-dev/stagely/fleet"
+	"github.com/stagely-dev/stagely/kv"
+	"github.com/stagely-dev/stagely/provisioner"
+	"github.com/stagely-dev/stagely/reconciler"
+	"github.com/stagely-dev/stagely/repoconfig"
+	"github.com/stagely-dev/stagely/store"
+	"github.com/stagely-dev/stagely/store/storetest"
+)
+
+// On EC2, a preview whose first machine was slow to boot (Launch gave up
+// and terminated it) can never be deployed again: every retry and every
+// later push asks RunInstances with the same ClientToken.
+func TestEnvironmentRecoversAfterAMachineTooSlowToBoot(t *testing.T) {
+	f := newFakeCloud(t)
+	f.SetBoot(-1) // the first instance never leaves pending
+	p := newProvider(t, f, f.secret)
+	db := storetest.New(t)
+	d := &fleet.Deployer{
+		DB: db, Bus: kv.NewMemory(), Provider: p, ProviderName: "aws", Secret: []byte("0123456789abcdef0123456789abcdef"),
+		Boot:         provisioner.CloudInit{ServerURL: "https://stagely.example", ProxyAddr: "proxy.example:7443", AgentURL: "https://stagely.example/agent", AgentSHA256: strings.Repeat("0", 64)},
+		PreviewHost:  func(hash, name string, first bool) string { return hash + ".preview.example" },
+		PreviewURL:   func(host string) string { return "https://" + host },
+		Launch:       provisioner.Wait{Timeout: 300 * time.Millisecond, Interval: 10 * time.Millisecond},
+		AgentTimeout: 100 * time.Millisecond, Recheck: 20 * time.Millisecond,
+	}
+	in := store.PullRequestIntent{Repo: store.RepoRef{InstallationID: 1, RepositoryID: 2, Owner: "o", Name: "r"},
+		PRNumber: 1, HeadSHA: "deadbeef", Desired: store.DesiredRunning, UpdatedAt: time.Now()}
+	env, _, err := store.DeliverPullRequest(context.Background(), db, store.Delivery{ID: "d1", Event: "pull_request"}, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := repoconfig.Parse([]byte("version: 1\npreviews:\n  - name: web\n    service: web\n    port: 8080\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := reconciler.Target{EnvironmentID: env, InstallationID: 1, Owner: "o", Repo: "r", PR: 1, Hash: "abc123"}
+	deploy := func(gen int64) error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := d.Deploy(ctx, reconciler.DeployRequest{Target: target, SHA: "deadbeef", Generation: gen, Config: cfg}, func([]checks.Step) {})
+		var de *reconciler.DeployError
+		if errors.As(err, &de) && de.Step == fleet.StepProvision {
+			return de
+		}
+		return nil
+	}
+	err = deploy(1)
+	t.Logf("first deploy: %v", err)
+	if err == nil {
+		t.Fatal("the first machine should not have come up")
+	}
+	f.SetBoot(0) // EC2 is healthy again
+	for gen := int64(2); gen <= 4; gen++ {
+		err = deploy(gen)
+		t.Logf("deploy of generation %d: %v", gen, err)
+	}
+	if err != nil {
+		t.Errorf("the preview never gets a machine again: %v", err)
+	}
+}
