@@ -123,6 +123,14 @@ RETURNING id, machine_id, state`, t.EnvironmentID, attempt, a.Key, d.ProviderNam
 		EnvironmentID: t.EnvironmentID, Key: a.Key, Size: size, Region: region, Image: image, UserData: ud,
 		Tags: map[string]string{"repo": t.Owner + "-" + t.Repo, "pr": strconv.Itoa(t.PR)},
 	}, d.Launch)
+	if errors.Is(err, provisioner.ErrKeySpent) {
+		// The key's machine is gone, as when Launch gave up on it and the
+		// process stopped before the row below was retired: a new attempt.
+		if _, err := d.DB.DB.ExecContext(ctx, `UPDATE agents SET state = 'destroyed', destroyed_at = now(), updated_at = now() WHERE id = $1`, a.ID); err != nil {
+			return a, fmt.Errorf("retire spent machine attempt %s: %w", a.Key, err)
+		}
+		return d.machine(ctx, t, size, region, image)
+	}
 	if err != nil {
 		if errors.Is(err, provisioner.ErrNotReady) && m.ID != "" {
 			// Launch destroyed (or tried to destroy) it: this key names

@@ -24,6 +24,11 @@ var (
 	// ErrNotReady: the machine did not run within the time allowed. Launch
 	// destroys such a machine before it returns this.
 	ErrNotReady = errors.New("the machine did not become ready in time")
+	// ErrKeySpent: the idempotency key names a machine that is gone (EC2
+	// keeps a ClientToken's answer after the instance is terminated). No
+	// retry with that key makes a machine: the caller moves to a new
+	// attempt, with a new key.
+	ErrKeySpent = errors.New("the machine this idempotency key names is gone")
 )
 
 // Error is a cloud API call that failed, with the cloud's own words.

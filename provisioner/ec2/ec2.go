@@ -221,7 +221,7 @@ func (p *Provider) Create(ctx context.Context, spec provisioner.Spec) (provision
 	}
 	m := p.machine(region, out.Instances[0])
 	if m.State.Gone() {
-		return fail(fmt.Errorf("idempotency key %s belongs to instance %s, which is %s; a new machine needs a new attempt", spec.Key, m.ID, m.State))
+		return fail(fmt.Errorf("idempotency key %s belongs to instance %s, which is %s: %w", spec.Key, m.ID, m.State, provisioner.ErrKeySpent))
 	}
 	return m, nil
 }

@@ -200,8 +200,8 @@ func TestKeyOfATerminatedInstanceIsNotReused(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = p.Create(t.Context(), spec(5, 1))
-	if err == nil || !strings.Contains(err.Error(), "new attempt") {
-		t.Fatalf("err = %v", err)
+	if !errors.Is(err, provisioner.ErrKeySpent) {
+		t.Fatalf("err = %v, want ErrKeySpent", err)
 	}
 }
 
