@@ -24,6 +24,11 @@ type Client struct {
 	Dial DialFunc
 	// Token is the agent token sent with every call but Exchange.
 	Token string
+	// PollGrace is how long past its wait a poll may go unanswered before
+	// the stream is taken for dead (the server answers within the wait,
+	// or sooner); zero means 15 s. Without it a stream that stays open but
+	// silent, behind a half-open link, would stop the agent's loop.
+	PollGrace time.Duration
 }
 
 // Exchange trades a bootstrap token for the agent token the request
@@ -42,8 +47,17 @@ func (c *Client) Exchange(ctx context.Context, req ExchangeRequest) (ExchangeRes
 // Poll waits up to wait for a deployment newer than generation after. It
 // returns nil, nil when none came.
 func (c *Client) Poll(ctx context.Context, after int64, wait time.Duration) (*Deployment, error) {
-	resp, err := c.unary(ctx, Request{Op: OpPoll, Token: c.Token, Poll: &PollRequest{After: after, Wait: Duration(wait)}})
+	grace := c.PollGrace
+	if grace <= 0 {
+		grace = 15 * time.Second
+	}
+	pctx, cancel := context.WithTimeout(ctx, wait+grace)
+	defer cancel()
+	resp, err := c.unary(pctx, Request{Op: OpPoll, Token: c.Token, Poll: &PollRequest{After: after, Wait: Duration(wait)}})
 	if err != nil {
+		if ctx.Err() == nil && pctx.Err() != nil {
+			return nil, fmt.Errorf("poll: no answer within %v of the %v asked: %w", grace, wait, err)
+		}
 		return nil, err
 	}
 	if resp.Poll == nil {

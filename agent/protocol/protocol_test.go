@@ -193,6 +193,31 @@ func TestCancelledContextEndsAPoll(t *testing.T) {
 	}
 }
 
+// A control stream that stays open but silent (a half-open link to a
+// server that died) must not hold a poll, and so the agent's loop, for
+// ever: past its wait and the grace the poll ends with an error.
+func TestPollOnASilentStreamEnds(t *testing.T) {
+	c := &protocol.Client{Token: "t", PollGrace: 100 * time.Millisecond, Dial: func(ctx context.Context) (io.ReadWriteCloser, error) {
+		a, b := net.Pipe()
+		go io.Copy(io.Discard, b) // takes the request, never answers
+		t.Cleanup(func() { b.Close() })
+		return a, nil
+	}}
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Poll(context.Background(), 0, 200*time.Millisecond)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "no answer") {
+			t.Fatalf("Poll = %v, want an error saying the stream did not answer", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Poll(wait 200 ms, grace 100 ms) still blocked after 10 s")
+	}
+}
+
 func TestErrorsKeepTheirCodeAndHideInternals(t *testing.T) {
 	srv := &protocol.Server{Handler: newFakeHandler()}
 	tests := []struct {
