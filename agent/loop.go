@@ -69,20 +69,59 @@ func (a *Agent) Run(ctx context.Context) error {
 			continue
 		}
 		b.reset()
-		if d == nil {
-			continue
+		for d != nil && ctx.Err() == nil {
+			after = d.Generation
+			if a.OnDeployment != nil {
+				a.OnDeployment(d)
+			}
+			d = a.applyUntilSuperseded(ctx, d, &follow, wait)
 		}
-		after = d.Generation
-		if a.OnDeployment != nil {
-			a.OnDeployment(d)
-		}
-		a.apply(ctx, d, &follow)
 	}
 	return nil
 }
 
-// apply acts on one deployment and reports it.
-func (a *Agent) apply(ctx context.Context, d *protocol.Deployment, follow *follower) {
+// applyUntilSuperseded applies d while it keeps polling for a newer
+// deployment. A newer one (a push, a destroy when the pull request
+// closes) cancels d's work, which may be a build that takes many minutes
+// or never ends, and is returned to be applied next.
+func (a *Agent) applyUntilSuperseded(ctx context.Context, d *protocol.Deployment, follow *follower, wait time.Duration) *protocol.Deployment {
+	work, cancel := context.WithCancel(ctx)
+	defer cancel()
+	newer := make(chan *protocol.Deployment, 1)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		b := newBackoff()
+		for work.Err() == nil {
+			nd, err := a.Client.Poll(work, d.Generation, wait)
+			switch {
+			case err != nil:
+				b.wait(work)
+			case nd != nil:
+				a.Logf("environment %s: generation %d supersedes generation %d", nd.EnvironmentID, nd.Generation, d.Generation)
+				newer <- nd
+				cancel()
+				return
+			default:
+				b.reset()
+			}
+		}
+	}()
+	a.apply(ctx, work, d, follow)
+	cancel()
+	<-watched
+	select {
+	case nd := <-newer:
+		return nd
+	default:
+		return nil
+	}
+}
+
+// apply acts on one deployment and reports it. work bounds the deploy or
+// destroy (it ends when a newer deployment supersedes this one); ctx, the
+// agent's, bounds the reports and the log follower.
+func (a *Agent) apply(ctx, work context.Context, d *protocol.Deployment, follow *follower) {
 	rep := newRemoteReporter(ctx, a.Client, d.EnvironmentID, d.Generation, a.LogLines, a.Logf)
 	logFlush := a.LogFlush
 	if logFlush <= 0 {
@@ -96,12 +135,12 @@ func (a *Agent) apply(ctx context.Context, d *protocol.Deployment, follow *follo
 
 	if d.Action == protocol.ActionDestroy {
 		follow.stop()
-		if err := a.Engine.Destroy(ctx, *d, rep); err != nil {
+		if err := a.Engine.Destroy(work, *d, rep); err != nil {
 			a.Logf("%v", err)
 		}
 		return
 	}
-	src, info, err := a.fetchSource(ctx, d)
+	src, info, err := a.fetchSource(work, d)
 	if err != nil {
 		now := time.Now()
 		rep.Step(protocol.StepReport{EnvironmentID: d.EnvironmentID, Generation: d.Generation, Name: StepSource,
@@ -109,13 +148,13 @@ func (a *Agent) apply(ctx context.Context, d *protocol.Deployment, follow *follo
 		a.Logf("environment %s, generation %d: fetch source: %v", d.EnvironmentID, d.Generation, err)
 		return
 	}
-	_, err = a.Engine.Deploy(ctx, *d, Source{Body: src, StripTopLevel: info.StripTopLevel}, rep)
+	_, err = a.Engine.Deploy(work, *d, Source{Body: src, StripTopLevel: info.StripTopLevel}, rep)
 	src.Close()
 	os.Remove(src.Name())
 	if err != nil {
 		a.Logf("%v", err)
-		if errors.Is(err, ErrInvalidDeployment) {
-			return
+		if errors.Is(err, ErrInvalidDeployment) || work.Err() != nil {
+			return // invalid, or superseded: the next deployment follows its own
 		}
 	}
 	// Follow the (re)deployed containers, with this generation's masker
