@@ -263,6 +263,13 @@ func (x *run) up(ctx context.Context, p *compose.Project) (string, error) {
 	if err := x.refreshTreeMounts(ctx, p, began); err != nil {
 		return "", err
 	}
+	// The images this build replaced are no container's now: without
+	// this a machine keeps one per push, on its disk, until the destroy.
+	if n, err := x.e.cfg.Docker.PruneDangling(ctx, x.project); err != nil {
+		x.r.Log(protocol.LogLine{Time: time.Now(), Stream: protocol.StreamAgent, Text: "remove replaced images: " + err.Error()})
+	} else if n > 0 {
+		x.r.Log(protocol.LogLine{Time: time.Now(), Stream: protocol.StreamAgent, Text: fmt.Sprintf("removed %d replaced images", n)})
+	}
 	running := 0
 	for _, c := range cs {
 		if c.State == "running" {

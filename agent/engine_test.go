@@ -139,6 +139,13 @@ func TestDeployServesOnTheComposeNetworkRedeploysInPlaceAndDestroysEverything(t 
 		if a, b := serviceContainer(t, first.Containers, "backend").ID, serviceContainer(t, res.Containers, "backend").ID; a == b {
 			t.Error("backend kept its container though its source changed")
 		}
+		// backend's previous image is no one's now: a machine that takes
+		// many pushes must not keep one per push until the destroy.
+		f := projectFilter(project)
+		f.Add("dangling", "true")
+		if left, err := d.API().ImageList(ctx, image.ListOptions{Filters: f}); err != nil || len(left) != 0 {
+			t.Errorf("after the redeploy, %d images of the project are dangling (%v)", len(left), err)
+		}
 	})
 
 	t.Run("a change to a bind-mounted file alone reaches the running container", func(t *testing.T) {

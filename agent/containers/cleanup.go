@@ -8,6 +8,7 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/volume"
@@ -115,4 +116,14 @@ func (d *Docker) RemoveAll(ctx context.Context, project string) error {
 		return fmt.Errorf("remove leftovers of %s: %w", project, err)
 	}
 	return nil
+}
+
+// PruneDangling removes the project's images that no tag names and no
+// container uses: those a rebuild replaced. It returns how many went.
+func (d *Docker) PruneDangling(ctx context.Context, project string) (int, error) {
+	rep, err := d.api.ImagesPrune(ctx, projectFilter(project, filters.Arg("dangling", "true")))
+	if err != nil {
+		return 0, fmt.Errorf("prune replaced images of %s: %w", project, err)
+	}
+	return len(rep.ImagesDeleted), nil
 }
