@@ -87,7 +87,7 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) applyUntilSuperseded(ctx context.Context, d *protocol.Deployment, follow *follower, wait time.Duration) *protocol.Deployment {
 	work, cancel := context.WithCancel(ctx)
 	defer cancel()
-	newer := make(chan *protocol.Deployment, 1)
+	var newer *protocol.Deployment // set by the watcher before watched closes
 	watched := make(chan struct{})
 	go func() {
 		defer close(watched)
@@ -99,7 +99,7 @@ func (a *Agent) applyUntilSuperseded(ctx context.Context, d *protocol.Deployment
 				b.wait(work)
 			case nd != nil:
 				a.Logf("environment %s: generation %d supersedes generation %d", nd.EnvironmentID, nd.Generation, d.Generation)
-				newer <- nd
+				newer = nd
 				cancel()
 				return
 			default:
@@ -110,12 +110,7 @@ func (a *Agent) applyUntilSuperseded(ctx context.Context, d *protocol.Deployment
 	a.apply(ctx, work, d, follow)
 	cancel()
 	<-watched
-	select {
-	case nd := <-newer:
-		return nd
-	default:
-		return nil
-	}
+	return newer
 }
 
 // apply acts on one deployment and reports it. work bounds the deploy or

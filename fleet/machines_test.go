@@ -47,6 +47,9 @@ func (c *cloud) Create(ctx context.Context, s provisioner.Spec) (provisioner.Mac
 	c.keys = append(c.keys, s.Key)
 	if id, ok := c.byKey[s.Key]; ok {
 		if c.state[id].Gone() {
+			// Not provisioner.ErrKeySpent, on purpose: the tests here show
+			// that the deployer moves on without needing that error (EC2's
+			// own tests show it with it).
 			return provisioner.Machine{}, fmt.Errorf("idempotency key %s belongs to instance %s, which is %s; a new machine needs a new attempt", s.Key, id, c.state[id])
 		}
 		return provisioner.Machine{ID: id, EnvironmentID: s.EnvironmentID, Key: s.Key, State: c.state[id]}, nil
@@ -114,7 +117,9 @@ func (c *cloud) alive() []string {
 	return out
 }
 
-func cloudDeployer(t *testing.T, p provisioner.Provider) (*fleet.Deployer, *repoconfig.Config) {
+// cloudDeployer is a Deployer on p, with a .stagely.yml and the target of
+// a new environment.
+func cloudDeployer(t *testing.T, p provisioner.Provider) (*fleet.Deployer, *repoconfig.Config, reconciler.Target) {
 	t.Helper()
 	d := &fleet.Deployer{
 		DB: storetest.New(t), Bus: kv.NewMemory(), Provider: p, ProviderName: "test", Secret: []byte("0123456789abcdef0123456789abcdef"),
@@ -128,7 +133,8 @@ func cloudDeployer(t *testing.T, p provisioner.Provider) (*fleet.Deployer, *repo
 	if err != nil {
 		t.Fatal(err)
 	}
-	return d, cfg
+	env := newEnvironment(t, d.DB)
+	return d, cfg, reconciler.Target{EnvironmentID: env, InstallationID: 1, Owner: "o", Repo: "r", PR: 1, Hash: "abc123"}
 }
 
 // deployOnce runs Deploy far enough to provision (no agent answers, so it
@@ -150,9 +156,7 @@ func deployOnce(t *testing.T, d *fleet.Deployer, cfg *repoconfig.Config, target 
 // unrecorded) while a second one is made.
 func TestAThrottledStateReadKeepsTheLiveMachine(t *testing.T) {
 	c := newCloud()
-	d, cfg := cloudDeployer(t, c)
-	env := newEnvironment(t, d.DB)
-	target := reconciler.Target{EnvironmentID: env, InstallationID: 1, Owner: "o", Repo: "r", PR: 1, Hash: "abc123"}
+	d, cfg, target := cloudDeployer(t, c)
 	if err := deployOnce(t, d, cfg, target, 1); err != nil {
 		t.Fatal(err)
 	}
@@ -188,9 +192,7 @@ func TestAThrottledStateReadKeepsTheLiveMachine(t *testing.T) {
 func TestRetryAfterAMachineTooSlowToBootUsesANewKey(t *testing.T) {
 	c := newCloud()
 	c.neverRuns = true
-	d, cfg := cloudDeployer(t, c)
-	env := newEnvironment(t, d.DB)
-	target := reconciler.Target{EnvironmentID: env, InstallationID: 1, Owner: "o", Repo: "r", PR: 1, Hash: "abc123"}
+	d, cfg, target := cloudDeployer(t, c)
 	err := deployOnce(t, d, cfg, target, 1)
 	var de *reconciler.DeployError
 	if !errors.As(err, &de) || !de.Retryable {
@@ -213,13 +215,11 @@ func TestRetryAfterAMachineTooSlowToBootUsesANewKey(t *testing.T) {
 func TestDestroyKeepsAnUnfoundMachineWhenListFails(t *testing.T) {
 	c := newCloud()
 	c.lostAnswer = true
-	d, cfg := cloudDeployer(t, c)
-	env := newEnvironment(t, d.DB)
-	target := reconciler.Target{EnvironmentID: env, InstallationID: 1, Owner: "o", Repo: "r", PR: 1, Hash: "abc123"}
+	d, cfg, target := cloudDeployer(t, c)
 	err := deployOnce(t, d, cfg, target, 1)
 	t.Logf("deploy with a lost create answer: %v", err)
 	var mid string
-	if err := d.DB.DB.QueryRow(`SELECT machine_id FROM agents WHERE environment_id = $1`, env).Scan(&mid); err != nil || mid != "" {
+	if err := d.DB.DB.QueryRow(`SELECT machine_id FROM agents WHERE environment_id = $1`, target.EnvironmentID).Scan(&mid); err != nil || mid != "" {
 		t.Fatalf("machine_id %q, %v; want the row recorded without an id", mid, err)
 	}
 	// The PR is closed; the cloud API is having a bad minute.

@@ -85,6 +85,9 @@ type Config struct {
 // localNode is the Node of routes in single-node mode.
 const localNode = "local"
 
+// DefaultHostTTL is Config.HostTTL's default.
+const DefaultHostTTL = time.Hour
+
 func (c Config) withDefaults() Config {
 	// Hosts are compared lowercase and without the trailing dot.
 	c.PreviewDomain = strings.ToLower(strings.TrimSuffix(c.PreviewDomain, "."))
@@ -98,7 +101,7 @@ func (c Config) withDefaults() Config {
 		c.AgentTTL = 30 * time.Second
 	}
 	if c.HostTTL <= 0 {
-		c.HostTTL = time.Hour
+		c.HostTTL = DefaultHostTTL
 	}
 	if c.RefreshInterval <= 0 {
 		c.RefreshInterval = c.AgentTTL / 3

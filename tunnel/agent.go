@@ -234,29 +234,29 @@ func (a *Agent) connect(ctx context.Context) (*agentSession, error) {
 	// The hello and the answer wait on the connection, not on ctx: an
 	// agent told to stop should not wait out the handshake timeout.
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	// fail closes raw and says why: ctx's end, when that is what broke
+	// the exchange.
+	fail := func(err error) (*agentSession, error) {
+		raw.Close()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("handshake with proxy %s: %w", a.cfg.Addr, ctx.Err())
+		}
+		return nil, err
+	}
 	tc := tls.Client(raw, a.tls)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("TLS handshake with proxy %s: %w", a.cfg.Addr, err)
 	}
 	if err := writeHello(tc, Version, hello{Token: a.cfg.Token, AgentVersion: a.cfg.Version}); err != nil {
-		raw.Close()
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("handshake with proxy %s: %w", a.cfg.Addr, ctx.Err())
-		}
-		return nil, err
+		return fail(err)
 	}
 	wel, err := readAnswer(tc)
 	if err != nil {
-		raw.Close()
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("handshake with proxy %s: %w", a.cfg.Addr, ctx.Err())
-		}
-		return nil, err
+		return fail(err)
 	}
 	if !stop() {
-		raw.Close()
-		return nil, fmt.Errorf("handshake with proxy %s: %w", a.cfg.Addr, ctx.Err())
+		return fail(ctx.Err()) // ctx ended as the answer came
 	}
 	_ = raw.SetDeadline(time.Time{})
 	cork := newCorkConn(tc)

@@ -192,7 +192,7 @@ func runProxy(ctx context.Context, cfg proxyConfig, stdout, stderr io.Writer) er
 	// entries live as long as those the nodes publish.
 	hostTTL := time.Duration(0)
 	if cfg.valkeyURL != "" {
-		hostTTL = time.Hour
+		hostTTL = proxy.DefaultHostTTL
 	}
 	if err := routes.Prime(ctx, p.Routes(), hostTTL); err != nil {
 		return err

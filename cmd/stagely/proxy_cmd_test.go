@@ -274,7 +274,9 @@ func (r *proxyRun) connectAgent(t *testing.T) {
 }
 
 // getPreview GETs https://host/ through the proxy, verifying it against
-// Pebble's root only, retrying while the route is being published.
+// Pebble's root only, retrying while the route is being published: the
+// agent knows it is connected a moment before the proxy has published its
+// route, and until then on-demand mode refuses the handshake.
 func (r *proxyRun) getPreview(t *testing.T, host string) (*http.Response, string) {
 	t.Helper()
 	client := r.env.Client(r.https)
@@ -282,6 +284,10 @@ func (r *proxyRun) getPreview(t *testing.T, host string) (*http.Response, string
 	for {
 		resp, err := client.Get("https://" + host + "/")
 		if err != nil {
+			if time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
 			t.Fatalf("GET https://%s/ verified against Pebble's root: %v", host, err)
 		}
 		body, _ := io.ReadAll(resp.Body)
