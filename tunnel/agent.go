@@ -61,6 +61,9 @@ type agentSession struct {
 	slots   chan struct{}
 	goaway  chan struct{}
 	once    sync.Once
+	// renew is closed by Renew: the agent connects again at once.
+	renew     chan struct{}
+	renewOnce sync.Once
 }
 
 // NewAgent checks cfg and returns an Agent that is not yet connected.
@@ -160,6 +163,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			attempt++
 			a.log.Warn().Dur("retry_in", delay).Msg("tunnel session ended; reconnecting")
 			sleep(ctx, delay)
+		case <-sess.renew:
+			a.log.Info().Msg("renewing the session: connecting again to take up new grants")
+			drains.Add(1)
+			go func() {
+				defer drains.Done()
+				a.drain(ctx, sess)
+			}()
 		case <-sess.goaway:
 			// The proxy is going away: connect again (another node may
 			// answer) while the old session finishes its streams.
@@ -271,6 +281,7 @@ func (a *Agent) connect(ctx context.Context) (*agentSession, error) {
 		welcome: wel,
 		slots:   make(chan struct{}, a.cfg.Tunnel.MaxStreams),
 		goaway:  make(chan struct{}),
+		renew:   make(chan struct{}),
 	}, nil
 }
 
@@ -306,6 +317,26 @@ func (a *Agent) Welcome() (Welcome, bool) {
 		return Welcome{}, false
 	}
 	return s.welcome, true
+}
+
+// Renew replaces the current session with a new one: the agent connects
+// again at once and the old session finishes its streams, as after the
+// proxy's GoAway. The proxy grants hostnames at the handshake, so this is
+// how an agent takes up hostnames granted since it connected (a
+// deployment that adds a preview). Until the new session is accepted,
+// OpenControl waits for it and Welcome reports none.
+func (a *Agent) Renew() {
+	a.mu.Lock()
+	s := a.cur
+	if s != nil {
+		a.cur = nil
+		close(a.changed)
+		a.changed = make(chan struct{})
+	}
+	a.mu.Unlock()
+	if s != nil {
+		s.renewOnce.Do(func() { close(s.renew) })
+	}
 }
 
 // WaitConnected waits until the agent has a session and returns its

@@ -3,8 +3,11 @@ package tunnel
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -214,5 +217,60 @@ func TestPipeEndsWhenTheProxyClosedAndTheServiceIsSilent(t *testing.T) {
 		if _, err := sc.Read(make([]byte, 1)); err == nil {
 			t.Fatal("the service's connection is still open")
 		}
+	}
+}
+
+// grantsAuth is an Authenticator whose grants can change, as a server's
+// do when a deployment adds a preview.
+type grantsAuth struct {
+	mu    sync.Mutex
+	hosts []string
+}
+
+func (g *grantsAuth) Authenticate(_ context.Context, token string) (Identity, error) {
+	if token != "token-a" {
+		return Identity{}, ErrBadToken
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return Identity{Agent: idA.Agent, Environment: idA.Environment, Hostnames: slices.Clone(g.hosts)}, nil
+}
+
+func (g *grantsAuth) grant(hosts ...string) {
+	g.mu.Lock()
+	g.hosts = hosts
+	g.mu.Unlock()
+}
+
+func TestAgentRenewTakesUpHostnamesGrantedSince(t *testing.T) {
+	auth := &grantsAuth{hosts: []string{"a.preview.test"}}
+	ts := startServer(t, ServerConfig{Authenticator: auth})
+	ta := startAgent(t, ts, "token-a", echoHandler())
+	old := waitSession(t, ts, idA.Agent, 0)
+	if _, err := old.OpenPreview(ctxT(t, 5*time.Second), "a-api.preview.test"); !errors.Is(err, ErrHostnameNotAllowed) {
+		t.Fatalf("a hostname not granted yet: %v, want ErrHostnameNotAllowed", err)
+	}
+
+	auth.grant("a.preview.test", "a-api.preview.test")
+	ta.Renew()
+	sess := waitSession(t, ts, idA.Agent, old.Generation())
+	for _, host := range []string{"a.preview.test", "a-api.preview.test"} {
+		c, err := sess.OpenPreview(ctxT(t, 5*time.Second), host)
+		if err != nil {
+			t.Fatalf("%s on the renewed session: %v", host, err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if got := readLine(t, c); got != host {
+			t.Errorf("stream for %s answered %q", host, got)
+		}
+		c.Close()
+	}
+	if wel, ok := ta.Welcome(); !ok || !slices.Contains(wel.Hostnames, "a-api.preview.test") {
+		t.Errorf("the agent's welcome after renewing: %+v (%v)", wel, ok)
+	}
+	select {
+	case <-old.Done():
+	case <-time.After(3 * time.Second):
+		t.Error("the old session is still open 3 s after the renew")
 	}
 }

@@ -120,7 +120,18 @@ func runManagedAgent(ctx context.Context, cfg agentExposeConfig, log zerolog.Log
 		}
 	}()
 	client := &protocol.Client{Dial: control(a), Token: token}
-	ag := &agent.Agent{Engine: engine, Client: client, OnDeployment: routes.set,
+	onDeployment := func(d *protocol.Deployment) {
+		routes.set(d)
+		// The proxy grants hostnames at the handshake: a preview this
+		// deployment adds is served once a new session takes it up.
+		if wel, ok := a.Welcome(); ok {
+			if host, missing := ungranted(wel.Hostnames, d); missing {
+				log.Info().Str("hostname", host).Int64("generation", d.Generation).Msg("the deployment adds a preview; renewing the tunnel to serve it")
+				a.Renew()
+			}
+		}
+	}
+	ag := &agent.Agent{Engine: engine, Client: client, OnDeployment: onDeployment,
 		Logf: func(f string, args ...any) { log.Info().Msgf(f, args...) }}
 	err = ag.Run(rctx)
 	if cause := context.Cause(rctx); ctx.Err() == nil && cause != nil {
@@ -186,4 +197,14 @@ func (p *previewRoutes) ServeStream(ctx context.Context, hostname string, conn n
 	}
 	p.log.Warn().Str("hostname", hostname).Msg("no preview of the current deployment has this hostname; answered 502")
 	conn.Close()
+}
+
+// ungranted returns a hostname of d's previews that grants do not cover.
+func ungranted(grants []string, d *protocol.Deployment) (string, bool) {
+	for _, pv := range d.Previews {
+		if pv.Host != "" && !tunnel.HostAllowed(grants, pv.Host) {
+			return pv.Host, true
+		}
+	}
+	return "", false
 }

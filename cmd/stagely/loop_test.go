@@ -106,9 +106,11 @@ func TestWholeLoopOnTheLocalProvider(t *testing.T) {
 		}
 	}
 
-	// A push redeploys the same URL with the new version.
+	// A push redeploys the same URL with the new version, and a preview
+	// it adds is served at its own URL, by the machine already running.
+	withAPI := strings.Replace(example.Config, "    port: 8080\n", "    port: 8080\n  - name: api\n    service: backend\n    port: 9000\n", 1)
 	push, err := w.sim.PushToPR(ctx, ghsim.PushSpec{Owner: owner, Repo: repoName, Number: pr.Number,
-		Files: map[string]string{"backend/message.txt": "hello from the second commit\n"}})
+		Files: map[string]string{"backend/message.txt": "hello from the second commit\n", ".stagely.yml": withAPI}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,6 +121,14 @@ func TestWholeLoopOnTheLocalProvider(t *testing.T) {
 	eventually(t, 10*time.Second, func() (bool, string) {
 		code, body := get(t, run.DetailsURL)
 		return code == 200 && strings.Contains(body, "second commit"), body
+	})
+	apiURL := strings.Replace(run.DetailsURL, "://"+env.Hash+".", "://"+env.Hash+"-api.", 1)
+	if s := w.sticky(pr.Number); len(s) != 1 || !strings.Contains(s[0].Body, apiURL) {
+		t.Errorf("the sticky comment does not give the added preview's URL %s", apiURL)
+	}
+	eventually(t, 10*time.Second, func() (bool, string) {
+		code, body := get(t, apiURL)
+		return code == 200 && strings.TrimSpace(body) == "hello from the second commit", fmt.Sprintf("%s answers %d %q", apiURL, code, body)
 	})
 
 	// `/stagely redeploy` and the Redeploy button each redeploy, on the
