@@ -70,7 +70,7 @@ func TestPrimedRoutesMakeKnownPreviewsAnswerUnreachableNotUnknown(t *testing.T) 
 	machineFor(t, db, gone, true, true)
 
 	routes := proxy.NewMemory()
-	n, err := (&fleet.TunnelAuth{DB: db, PrimaryHost: primary}).PrimeRoutes(ctx, routes)
+	n, err := (&fleet.TunnelAuth{DB: db, PrimaryHost: primary}).PrimeRoutes(ctx, routes, 0)
 	if err != nil || n != 2 {
 		t.Fatalf("primed %d hosts (%v), want 2", n, err)
 	}

@@ -88,8 +88,8 @@ type HostTable interface {
 // preview would answer "no preview here" (404) until its agent
 // reconnected; primed, it answers "not reachable right now" (502), which
 // is the truth. The entries last until the environment's destroy deletes
-// them; an agent's reconnect refreshes them.
-func (a *TunnelAuth) PrimeRoutes(ctx context.Context, routes HostTable) (int, error) {
+// them, or ttl passes (0: no end); an agent's reconnect refreshes them.
+func (a *TunnelAuth) PrimeRoutes(ctx context.Context, routes HostTable, ttl time.Duration) (int, error) {
 	rows, err := a.DB.DB.QueryContext(ctx, `
 SELECT a.id, a.environment_id, e.hash, d.agent_spec FROM agents a JOIN environments e ON e.id = a.environment_id
   LEFT JOIN LATERAL (SELECT agent_spec FROM deployments WHERE environment_id = e.id AND agent_spec IS NOT NULL
@@ -108,7 +108,7 @@ SELECT a.id, a.environment_id, e.hash, d.agent_spec FROM agents a JOIN environme
 			return n, fmt.Errorf("prime routes: %w", err)
 		}
 		for _, h := range a.hosts(hash, spec) {
-			if err := routes.PutHost(ctx, h, strconv.FormatInt(env, 10), strconv.FormatInt(agent, 10), 0); err != nil {
+			if err := routes.PutHost(ctx, h, strconv.FormatInt(env, 10), strconv.FormatInt(agent, 10), ttl); err != nil {
 				return n, fmt.Errorf("prime route %s: %w", h, err)
 			}
 			n++

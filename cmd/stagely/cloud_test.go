@@ -464,3 +464,26 @@ func TestServerHTTPSSettingsAreChecked(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) { refusedStart(t, tt.args, tt.want) })
 	}
 }
+
+// Several servers share previews only through Valkey and the hop; a
+// hop that cannot work is refused at the start, naming why.
+func TestServerHopSettingsAreChecked(t *testing.T) {
+	secret := strings.Repeat("s", 32)
+	tests := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"hop without a provider", []string{"--hop-addr", "10.0.0.5:9443", "--hop-secret", secret},
+			[]string{"--hop-addr (STAGELY_HOP_ADDR)", "--provider (STAGELY_PROVIDER)"}},
+		{"hop without valkey", []string{"--provider", "local", "--hop-addr", "10.0.0.5:9443", "--hop-secret", secret},
+			[]string{"--hop-addr needs --valkey-url"}},
+		{"hop with a short secret", []string{"--provider", "local", "--valkey-url", "redis://127.0.0.1:1/0", "--hop-addr", "10.0.0.5:9443", "--hop-secret", "short"},
+			[]string{"--hop-secret (STAGELY_HOP_SECRET)", "32"}},
+		{"hop that nobody can dial", []string{"--provider", "local", "--valkey-url", "redis://127.0.0.1:1/0", "--hop-addr", ":9443", "--hop-secret", secret},
+			[]string{"--advertise-addr (STAGELY_ADVERTISE_ADDR)"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { refusedStart(t, tt.args, tt.want) })
+	}
+}

@@ -52,6 +52,11 @@ type fleetConfig struct {
 	machineImage  string
 	cloudEndpoint string
 	https         previewTLS
+	// valkeyPrefix and hop matter with several servers: a shared route
+	// table, and the hop on which a server's proxy forwards a request to
+	// the server that holds the agent's tunnel.
+	valkeyPrefix string
+	hop          hopConfig
 }
 
 func (c *fleetConfig) register(fs *flag.FlagSet) {
@@ -70,6 +75,8 @@ func (c *fleetConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.machineImage, "machine-image", "", "cloud providers: image when .stagely.yml names none (Ubuntu 24.04 by default)")
 	fs.StringVar(&c.cloudEndpoint, "cloud-endpoint", "", "cloud providers: the cloud API's base URL; default the cloud's own")
 	c.https.register(fs, "Stagely servers")
+	fs.StringVar(&c.valkeyPrefix, "valkey-prefix", routePrefix, "with --valkey-url: key prefix of the previews' route table in Valkey")
+	c.hop.register(fs, "Stagely servers")
 }
 
 // machineSetup is what the server checks before it touches anything else:
@@ -92,12 +99,18 @@ func setUpMachines(ctx context.Context, fc fleetConfig, valkeyURL string) (*mach
 		if fc.https.addr != "" {
 			return nil, fmt.Errorf("%s serves previews, and without %s there are none", setting("https-addr"), setting("provider"))
 		}
+		if fc.hop.addr != "" {
+			return nil, fmt.Errorf("%s carries previews, and without %s there are none", setting("hop-addr"), setting("provider"))
+		}
 		return nil, nil
 	}
 	if providers := repoconfig.Providers(); !slices.Contains(providers, fc.provider) {
 		return nil, fmt.Errorf("--provider %q: want one of %s", fc.provider, strings.Join(providers, ", "))
 	}
 	if err := fc.https.check(fc.previewDomain, valkeyURL); err != nil {
+		return nil, err
+	}
+	if err := fc.hop.check(valkeyURL); err != nil {
 		return nil, err
 	}
 	var fileTLS *startedTLS
@@ -187,6 +200,20 @@ func startFleet(ctx context.Context, fc fleetConfig, ms *machineSetup, webhookSe
 	control := &protocol.Server{Handler: handler, MaxWait: 25 * time.Second}
 	primary := func(hash string) string { return hash + "." + fc.previewDomain }
 	auth := &fleet.TunnelAuth{DB: db, PrimaryHost: primary}
+	// With several servers the route table is shared, so that each
+	// server's proxy finds the agents connected to the others; with the
+	// hop it forwards their requests there.
+	var routes proxy.RouteStore // nil: in memory
+	closeRoutes := func() {}
+	primeTTL := time.Duration(0) // in memory, until the destroy deletes them
+	if valkeyURL != "" {
+		vs, err := proxy.OpenValkey(ctx, valkeyURL, fc.valkeyPrefix)
+		if err != nil {
+			return nil, err
+		}
+		routes, closeRoutes, primeTTL = vs, vs.Close, proxy.DefaultHostTTL
+	}
+	node, hopSecret := fc.hop.node()
 	// The certificate manager, started once the proxy exists (on-demand
 	// issuance asks it for live routes), answers ACME HTTP-01 challenges
 	// on the plain HTTP listener, which starts after it.
@@ -194,6 +221,9 @@ func startFleet(ctx context.Context, fc fleetConfig, ms *machineSetup, webhookSe
 	px, err := proxy.New(proxy.Config{
 		WrapPlainHTTP: func(h http.Handler) http.Handler { return certsTLS.wrapPlainHTTP(h) },
 		PreviewDomain: fc.previewDomain,
+		Routes:        routes,
+		Node:          node,
+		HopSecret:     hopSecret,
 		TunnelTLS:     tunnelTLS,
 		Authenticator: auth,
 		Control: tunnel.ControlHandlerFunc(func(ctx context.Context, id tunnel.Identity, channel string, conn net.Conn) {
@@ -208,17 +238,22 @@ func startFleet(ctx context.Context, fc fleetConfig, ms *machineSetup, webhookSe
 		Logger: log,
 	})
 	if err != nil {
+		closeRoutes()
 		return nil, err
+	}
+	closeProxy := func() {
+		px.Close()
+		closeRoutes()
 	}
 	if certsTLS = ms.fileTLS; certsTLS == nil {
 		if certsTLS, err = fc.https.start(ctx, fc.previewDomain, px, valkeyURL, valkeyURL != "", log); err != nil {
-			px.Close()
+			closeProxy()
 			return nil, err
 		}
 	}
-	if n, err := auth.PrimeRoutes(ctx, px.Routes()); err != nil {
+	if n, err := auth.PrimeRoutes(ctx, px.Routes(), primeTTL); err != nil {
 		certsTLS.close()
-		px.Close()
+		closeProxy()
 		return nil, err
 	} else if n > 0 {
 		log.Info().Int("hosts", n).Msg("routes of running previews restored; each is live again when its agent reconnects")
@@ -231,7 +266,7 @@ func startFleet(ctx context.Context, fc fleetConfig, ms *machineSetup, webhookSe
 				l.Close()
 			}
 			certsTLS.close()
-			px.Close()
+			closeProxy()
 			return nil, fmt.Errorf("--%s %s: %w", setting, addr, err)
 		}
 		lns = append(lns, ln)
@@ -267,6 +302,15 @@ func startFleet(ctx context.Context, fc fleetConfig, ms *machineSetup, webhookSe
 		go func() { errc <- ignoreClosed(px.ServeTLS(runCtx, sln, certsTLS.config)) }()
 		log.Info().Str("https", sln.Addr().String()).Str("tls_mode", fc.https.mode()).Msg("previews served over HTTPS")
 	}
+	if fc.hop.addr != "" {
+		hln, err := listen("hop-addr", fc.hop.addr)
+		if err != nil {
+			cancelRun()
+			return nil, err
+		}
+		go func() { errc <- ignoreClosed(px.ServeHop(runCtx, hln)) }()
+		log.Info().Str("hop", hln.Addr().String()).Str("advertised", node).Msg("previews of agents connected to other servers are forwarded to them")
+	}
 	go func() { errc <- ignoreClosed(px.ServeTunnel(runCtx, tln)) }()
 	stop := func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -276,6 +320,7 @@ func startFleet(ctx context.Context, fc fleetConfig, ms *machineSetup, webhookSe
 		}
 		cancelRun()
 		certsTLS.close()
+		closeRoutes()
 	}
 	go func() { errc <- ignoreClosed(px.Serve(runCtx, pln)) }()
 	tunnelPublic := fc.tunnelPublic

@@ -255,3 +255,57 @@ func TestAgentsSurviveAServerRestart(t *testing.T) {
 		return live == 0, "machine not destroyed"
 	})
 }
+
+// TestServersServeEachOthersPreviews runs two servers on one database and
+// one Valkey, as scaled mode does behind a load balancer: a preview is
+// served through either server's proxy, whichever holds its agent's
+// tunnel, and its destroy is seen by both.
+func TestServersServeEachOthersPreviews(t *testing.T) {
+	ctx := context.Background()
+	bin, err := example.Build(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWorld(t, example.Files(bin, "served by either server"))
+	w.valkey = valkeyURL()
+	dataDir := loopDataDir(t) // one tunnel CA, as servers share a volume or a secret
+	t.Cleanup(func() { sweepLeftovers(t, w, filepath.Join(dataDir, "machines")) })
+	// A table of this test's own: agents are numbered per database.
+	prefix := fmt.Sprintf("test:%d:route:", time.Now().UnixNano())
+	var proxies []string
+	for range 2 {
+		cfg := w.config(1)
+		cfg.fleet = fleetConfig{provider: "local", dataDir: dataDir, previewDomain: "preview.localhost",
+			proxyAddr: freeAddr(t), tunnelAddr: freeAddr(t), valkeyPrefix: prefix,
+			hop: hopConfig{addr: freeAddr(t), secret: "a hop secret that both servers share"}}
+		proxies = append(proxies, cfg.fleet.proxyAddr)
+		w.serveConfig(cfg)
+	}
+
+	pr := w.openPR("feature")
+	run := w.completed(pr.SHA, "success", 4*time.Minute)
+	u, err := url.Parse(run.DetailsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	through := func(proxy string) string {
+		_, port, _ := net.SplitHostPort(proxy)
+		return "http://" + net.JoinHostPort(u.Hostname(), port) + "/"
+	}
+	for _, p := range proxies {
+		eventually(t, 10*time.Second, func() (bool, string) {
+			code, body := get(t, through(p))
+			return code == 200 && strings.Contains(body, "served by either server"), fmt.Sprintf("through %s: %d %s", p, code, body)
+		})
+	}
+
+	if _, err := w.sim.ClosePR(ctx, owner, repoName, pr.Number, false, "octocat"); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range proxies {
+		eventually(t, 2*time.Minute, func() (bool, string) {
+			code, _ := get(t, through(p))
+			return code == http.StatusNotFound, fmt.Sprintf("after the destroy, through %s: %d, want 404", p, code)
+		})
+	}
+}

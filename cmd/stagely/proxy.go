@@ -33,9 +33,7 @@ type proxyConfig struct {
 	previewDomain string
 	valkeyURL     string
 	valkeyPrefix  string
-	hopAddr       string
-	advertise     string
-	hopSecret     string
+	hop           hopConfig
 	gcPercent     int
 	drain         time.Duration
 	logLevel      string
@@ -53,10 +51,8 @@ func (c *proxyConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.routesFile, "routes", "", "static route file, lines of \"HOSTNAME TOKEN\" (standalone use, required)")
 	fs.StringVar(&c.previewDomain, "preview-domain", "", "only single labels under this domain are routed, e.g. preview.example.com; empty: any routed host")
 	fs.StringVar(&c.valkeyURL, "valkey-url", "", "Valkey/Redis URL of the shared route table, e.g. redis://host:6379/0; empty: single node")
-	fs.StringVar(&c.valkeyPrefix, "valkey-prefix", "stagely:route:", "key prefix of the route table in Valkey")
-	fs.StringVar(&c.hopAddr, "hop-addr", "", "listen address of the internal hop between proxy nodes (needs --valkey-url and --hop-secret); bind it to a private network")
-	fs.StringVar(&c.advertise, "advertise-addr", "", "this node's internal hop address as the other nodes dial it; default --hop-addr")
-	fs.StringVar(&c.hopSecret, "hop-secret", "", "shared secret of the internal hop, the same on every node (at least 32 characters): it authenticates the nodes and keys the hop's TLS")
+	fs.StringVar(&c.valkeyPrefix, "valkey-prefix", routePrefix, "key prefix of the route table in Valkey")
+	c.hop.register(fs, "proxy nodes")
 	fs.IntVar(&c.gcPercent, "gc-percent", 400, "Go GC target percentage: higher trades memory for CPU on the request path (GOMEMLIMIT still caps memory)")
 	fs.DurationVar(&c.drain, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take before the proxy closes them")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -104,24 +100,8 @@ func (c *proxyConfig) check() error {
 	if err := c.https.check(c.previewDomain, c.valkeyURL); err != nil {
 		return err
 	}
-	if c.hopAddr != "" {
-		if c.valkeyURL == "" {
-			return errors.New("--hop-addr needs --valkey-url: nodes find each other's agents in the shared route table")
-		}
-		if len(c.hopSecret) < 32 {
-			return fmt.Errorf("--hop-secret (%s) must be at least 32 characters with --hop-addr", envName("hop-secret"))
-		}
-		// The other nodes dial the advertised address: ":9443" or
-		// "0.0.0.0:9443" would name every node alike, and each would take
-		// every agent for its own.
-		adv := c.advertise
-		if adv == "" {
-			adv = c.hopAddr
-		}
-		host, _, err := net.SplitHostPort(adv)
-		if ip := net.ParseIP(host); err != nil || host == "" || ip != nil && ip.IsUnspecified() {
-			return fmt.Errorf("%s: %q is not an address the other nodes can dial; set it to this node's private address and port", setting("advertise-addr"), adv)
-		}
+	if err := c.hop.check(c.valkeyURL); err != nil {
+		return err
 	}
 	if c.httpAddr == "" && c.https.addr == "" {
 		return errors.New("set --http-addr or --https-addr: the proxy would serve nobody")
@@ -175,13 +155,7 @@ func runProxy(ctx context.Context, cfg proxyConfig, stdout, stderr io.Writer) er
 	// the proxy (made before the manager) whether a host has a live route.
 	var certsTLS *startedTLS
 	pc.WrapPlainHTTP = func(h http.Handler) http.Handler { return certsTLS.wrapPlainHTTP(h) }
-	if cfg.hopAddr != "" {
-		pc.Node = cfg.advertise
-		if pc.Node == "" {
-			pc.Node = cfg.hopAddr
-		}
-		pc.HopSecret = []byte(cfg.hopSecret)
-	}
+	pc.Node, pc.HopSecret = cfg.hop.node()
 	p, err := proxy.New(pc)
 	if err != nil {
 		return err
@@ -197,7 +171,7 @@ func runProxy(ctx context.Context, cfg proxyConfig, stdout, stderr io.Writer) er
 	if err := routes.Prime(ctx, p.Routes(), hostTTL); err != nil {
 		return err
 	}
-	certsTLS, err = cfg.https.start(ctx, pc.PreviewDomain, p, cfg.valkeyURL, cfg.hopAddr != "", log)
+	certsTLS, err = cfg.https.start(ctx, pc.PreviewDomain, p, cfg.valkeyURL, cfg.hop.addr != "", log)
 	if err != nil {
 		return err
 	}
@@ -234,8 +208,8 @@ func runProxy(ctx context.Context, cfg proxyConfig, stdout, stderr io.Writer) er
 			return err
 		}
 	}
-	if cfg.hopAddr != "" {
-		if err := serve("hop", cfg.hopAddr, func(ln net.Listener) error { return p.ServeHop(runCtx, ln) }); err != nil {
+	if cfg.hop.addr != "" {
+		if err := serve("hop", cfg.hop.addr, func(ln net.Listener) error { return p.ServeHop(runCtx, ln) }); err != nil {
 			return err
 		}
 	}
@@ -283,4 +257,55 @@ func proxyTunnelTLS(cfg proxyConfig, stdout io.Writer) (*tls.Config, error) {
 	}
 	fmt.Fprintf(stdout, "development CA for agents (--ca): %s\n", cfg.devCAFile)
 	return tc, nil
+}
+
+// routePrefix is the default key prefix of the route table in Valkey,
+// the same for servers and proxy nodes.
+const routePrefix = "stagely:route:"
+
+// hopConfig is the internal hop between proxy nodes, on which a node
+// forwards a request to the node that holds its agent's tunnel.
+type hopConfig struct {
+	addr      string
+	advertise string
+	secret    string
+}
+
+func (c *hopConfig) register(fs *flag.FlagSet, nodes string) {
+	fs.StringVar(&c.addr, "hop-addr", "", "listen address of the internal hop between "+nodes+" (needs --valkey-url and --hop-secret); bind it to a private network")
+	fs.StringVar(&c.advertise, "advertise-addr", "", "this node's internal hop address as the other nodes dial it; default --hop-addr")
+	fs.StringVar(&c.secret, "hop-secret", "", "shared secret of the internal hop, the same on every node (at least 32 characters): it authenticates the nodes and keys the hop's TLS")
+}
+
+func (c *hopConfig) check(valkeyURL string) error {
+	if c.addr == "" {
+		return nil
+	}
+	if valkeyURL == "" {
+		return errors.New("--hop-addr needs --valkey-url: nodes find each other's agents in the shared route table")
+	}
+	if len(c.secret) < 32 {
+		return fmt.Errorf("--hop-secret (%s) must be at least 32 characters with --hop-addr", envName("hop-secret"))
+	}
+	// The other nodes dial the advertised address: ":9443" or
+	// "0.0.0.0:9443" would name every node alike, and each would take
+	// every agent for its own.
+	adv, _ := c.node()
+	host, _, err := net.SplitHostPort(adv)
+	if ip := net.ParseIP(host); err != nil || host == "" || ip != nil && ip.IsUnspecified() {
+		return fmt.Errorf("%s: %q is not an address the other nodes can dial; set it to this node's private address and port", setting("advertise-addr"), adv)
+	}
+	return nil
+}
+
+// node returns this node's name in the route table (its advertised hop
+// address) and the hop secret; both empty without a hop.
+func (c *hopConfig) node() (string, []byte) {
+	if c.addr == "" {
+		return "", nil
+	}
+	if c.advertise != "" {
+		return c.advertise, []byte(c.secret)
+	}
+	return c.addr, []byte(c.secret)
 }

@@ -216,7 +216,7 @@ func runServer(ctx context.Context, cfg serverConfig, stderr io.Writer, deps ser
 		MaxHeaderBytes:    64 << 10,
 		BaseContext:       func(net.Listener) context.Context { return log.WithContext(context.Background()) },
 	}
-	// One slot per sender (the webhook server, the in-process proxy's three
+	// One slot per sender (the webhook server, the in-process proxy's four
 	// listeners, the workers): nobody reads after shutdown starts.
 	errc := make(chan error, 8)
 	go func() { errc <- srv.Serve(ln) }()
