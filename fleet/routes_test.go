@@ -90,3 +90,30 @@ func TestPrimedRoutesMakeKnownPreviewsAnswerUnreachableNotUnknown(t *testing.T) 
 		}
 	}
 }
+
+// An environment being destroyed has no preview to serve: its routes are
+// deleted before its machine goes, and an agent that reconnects in
+// between must not publish them again. It keeps its control calls, with
+// which it takes down its containers.
+func TestAgentOfAClosingEnvironmentIsGrantedNoHostnames(t *testing.T) {
+	db := storetest.New(t)
+	ctx := context.Background()
+	env, hash := environmentFor(t, db, 1)
+	agent := machineFor(t, db, env, true, false)
+	if _, err := db.ExecContext(ctx, `UPDATE agents SET token_hash = encode(sha256('agent-token'), 'hex') WHERE id = ?`, agent); err != nil {
+		t.Fatal(err)
+	}
+	auth := &fleet.TunnelAuth{DB: db, PrimaryHost: func(hash string) string { return hash + ".preview.test" }}
+
+	id, err := auth.Authenticate(ctx, "agent-token")
+	if err != nil || len(id.Hostnames) != 1 || id.Hostnames[0] != hash+".preview.test" {
+		t.Fatalf("running: %+v, %v; want the primary host", id, err)
+	}
+	if _, err := db.ExecContext(ctx, `UPDATE environments SET desired_state = 'destroyed' WHERE id = ?`, env); err != nil {
+		t.Fatal(err)
+	}
+	id, err = auth.Authenticate(ctx, "agent-token")
+	if err != nil || id.Agent != strconv.FormatInt(agent, 10) || len(id.Hostnames) != 0 {
+		t.Fatalf("closing: %+v, %v; want the agent admitted with no hostnames", id, err)
+	}
+}

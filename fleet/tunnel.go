@@ -12,6 +12,7 @@ import (
 	"github.com/uptrace/bun"
 
 	"github.com/stagely-dev/stagely/agent/protocol"
+	"github.com/stagely-dev/stagely/store"
 	"github.com/stagely-dev/stagely/tunnel"
 )
 
@@ -30,11 +31,11 @@ var _ tunnel.Authenticator = (*TunnelAuth)(nil)
 func (a *TunnelAuth) Authenticate(ctx context.Context, token string) (tunnel.Identity, error) {
 	h := hashToken(token)
 	var id, env int64
-	var hash string
+	var hash, desired string
 	var exchanged bool
 	err := a.DB.DB.QueryRowContext(ctx, `
-SELECT a.id, a.environment_id, e.hash, coalesce(a.token_hash = $1, false) FROM agents a JOIN environments e ON e.id = a.environment_id
- WHERE (a.token_hash = $1 OR a.bootstrap_hash = $1) AND a.destroyed_at IS NULL`, h).Scan(&id, &env, &hash, &exchanged)
+SELECT a.id, a.environment_id, e.hash, e.desired_state, coalesce(a.token_hash = $1, false) FROM agents a JOIN environments e ON e.id = a.environment_id
+ WHERE (a.token_hash = $1 OR a.bootstrap_hash = $1) AND a.destroyed_at IS NULL`, h).Scan(&id, &env, &hash, &desired, &exchanged)
 	if errors.Is(err, sql.ErrNoRows) {
 		return tunnel.Identity{}, fmt.Errorf("unknown or revoked token: %w", tunnel.ErrBadToken)
 	}
@@ -42,7 +43,11 @@ SELECT a.id, a.environment_id, e.hash, coalesce(a.token_hash = $1, false) FROM a
 		return tunnel.Identity{}, fmt.Errorf("authenticate agent: %w", err)
 	}
 	ident := tunnel.Identity{Agent: strconv.FormatInt(id, 10), Environment: strconv.FormatInt(env, 10)}
-	if !exchanged {
+	// An environment being destroyed serves nothing: its routes are
+	// deleted before its machine goes, and an agent that reconnects in
+	// between would publish them again, to answer 502 instead of 404. It
+	// keeps its control calls, on which it takes its containers down.
+	if !exchanged || desired != store.DesiredRunning {
 		return ident, nil
 	}
 	var spec []byte
