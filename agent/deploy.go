@@ -239,6 +239,7 @@ func (x *run) up(ctx context.Context, p *compose.Project) (string, error) {
 	err := x.e.cfg.Compose.Up(upCtx, x.invocation(p), stdout, stderr)
 	stdout.Flush()
 	stderr.Flush()
+	x.tidy(ctx)
 	cs, lerr := x.e.cfg.Docker.Containers(ctx, x.project)
 	x.containers = cs
 	if err != nil {
@@ -263,13 +264,6 @@ func (x *run) up(ctx context.Context, p *compose.Project) (string, error) {
 	if err := x.refreshTreeMounts(ctx, p, began); err != nil {
 		return "", err
 	}
-	// The images this build replaced are no container's now: without
-	// this a machine keeps one per push, on its disk, until the destroy.
-	if n, err := x.e.cfg.Docker.PruneDangling(ctx, x.project); err != nil {
-		x.r.Log(protocol.LogLine{Time: time.Now(), Stream: protocol.StreamAgent, Text: "remove replaced images: " + err.Error()})
-	} else if n > 0 {
-		x.r.Log(protocol.LogLine{Time: time.Now(), Stream: protocol.StreamAgent, Text: fmt.Sprintf("removed %d replaced images", n)})
-	}
 	running := 0
 	for _, c := range cs {
 		if c.State == "running" {
@@ -277,6 +271,30 @@ func (x *run) up(ctx context.Context, p *compose.Project) (string, error) {
 		}
 	}
 	return fmt.Sprintf("%d of %d containers running", running, len(cs)), nil
+}
+
+// tidy frees the disk a build took beyond what the running containers
+// need, after every build, failed ones too: without it a pull request
+// that takes many pushes fills the machine's disk, and then every deploy
+// fails. A failure here costs only disk, so it fails nothing.
+func (x *run) tidy(ctx context.Context) {
+	note := func(text string) {
+		x.r.Log(protocol.LogLine{Time: time.Now(), Stream: protocol.StreamAgent, Text: text})
+	}
+	// The images this build replaced, unless a container still runs
+	// one (a failed deploy leaves the old ones running).
+	if n, err := x.e.cfg.Docker.PruneDangling(ctx, x.project); err != nil {
+		note("remove replaced images: " + err.Error())
+	} else if n > 0 {
+		note(fmt.Sprintf("removed %d replaced images", n))
+	}
+	// Then the build cache, which has no bound of its own; the layers of
+	// the images just removed are cache now, and go first.
+	if n, freed, err := x.e.cfg.Docker.PruneBuildCache(ctx, x.e.cfg.MaxBuildCache); err != nil {
+		note("trim build cache: " + err.Error())
+	} else if n > 0 {
+		note(fmt.Sprintf("trimmed the build cache to %s: removed %d records, %s", size(x.e.cfg.MaxBuildCache), n, size(int64(freed))))
+	}
 }
 
 // refreshTreeMounts restarts the containers that Compose kept across a
@@ -366,6 +384,8 @@ func short(sha string) string {
 
 func size(n int64) string {
 	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
 	case n >= 1<<20:
 		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 	case n >= 1<<10:

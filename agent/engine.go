@@ -33,10 +33,21 @@ type Config struct {
 	// BuildTimeout bounds `compose up` when the deployment sets none;
 	// zero means 30 minutes.
 	BuildTimeout time.Duration
+	// MaxBuildCache bounds, in bytes, the engine's build cache after each
+	// deploy; zero means DefaultMaxBuildCache.
+	MaxBuildCache int64
 }
 
 // DefaultBuildTimeout bounds `compose up` when nothing else does.
 const DefaultBuildTimeout = 30 * time.Minute
+
+// DefaultMaxBuildCache holds the cache of a typical app's last build or
+// two, so a push rebuilds only what it changed, and fits the smallest
+// disk a machine gets by default: the 8 GiB root volume of an EC2
+// instance, which the system and the images share. The engine may be
+// remote or older than API 1.48, so the agent cannot size it to the
+// disk's free space.
+const DefaultMaxBuildCache = 2 << 30
 
 // ErrInvalidDeployment: the deployment message cannot be acted on.
 var ErrInvalidDeployment = errors.New("invalid deployment")
@@ -74,6 +85,9 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	if cfg.BuildTimeout <= 0 {
 		cfg.BuildTimeout = DefaultBuildTimeout
+	}
+	if cfg.MaxBuildCache <= 0 {
+		cfg.MaxBuildCache = DefaultMaxBuildCache
 	}
 	return &Engine{cfg: cfg, envs: map[string]*envState{}}, nil
 }

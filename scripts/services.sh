@@ -66,8 +66,13 @@ wait_for redis 15 sh -c 'redis-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG'
 # --- Docker engine ----------------------------------------------------------
 apt_install docker.io
 if ! docker info >/dev/null 2>&1; then
+	# A dockerd that died (killed, the machine restarted) leaves its pid
+	# file, and a new one refuses to start while it is there.
+	if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
+		rm -f /var/run/docker.pid
+	fi
 	log "starting dockerd"
-	nohup dockerd >/var/log/stagely-dockerd.log 2>&1 &
+	nohup dockerd >>/var/log/stagely-dockerd.log 2>&1 &
 fi
 wait_for dockerd 60 docker info
 

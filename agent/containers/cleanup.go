@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
@@ -126,4 +127,25 @@ func (d *Docker) PruneDangling(ctx context.Context, project string) (int, error)
 		return 0, fmt.Errorf("prune replaced images of %s: %w", project, err)
 	}
 	return len(rep.ImagesDeleted), nil
+}
+
+// PruneBuildCache trims the engine's build cache to at most limit bytes,
+// the records least recently and least often used first, and returns how
+// many records went and the bytes they freed. The cache is the engine's,
+// not a project's: BuildKit marks no record with the project it built.
+func (d *Docker) PruneBuildCache(ctx context.Context, limit int64) (int, uint64, error) {
+	rep, err := d.api.BuildCachePrune(ctx, build.CachePruneOptions{
+		// Engines before API 1.48 (Docker 28) read only keep-storage, as
+		// the size to prune down to; later ones prune down to
+		// max-used-space and read keep-storage as a floor, the same size.
+		KeepStorage:  limit,
+		MaxUsedSpace: limit,
+		// Not All: internal and frontend records stay (a Dockerfile
+		// frontend may not be pullable again), and so do the records that
+		// back an image, which prune would free no disk for.
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("prune build cache to %d bytes: %w", limit, err)
+	}
+	return len(rep.CachesDeleted), rep.SpaceReclaimed, nil
 }
