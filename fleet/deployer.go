@@ -215,6 +215,14 @@ func (d *Deployer) Deploy(ctx context.Context, req reconciler.DeployRequest, pro
 			LogTail: d.logTail(ctx, req.EnvironmentID, req.Generation),
 		}
 	}
+	// A preview this deployment no longer has answers 404 from now on,
+	// not 502 until the destroy. Best effort: a host left behind only
+	// answers 502 until then.
+	keep := map[string]bool{}
+	for _, p := range spec.Previews {
+		keep[p.Host] = true
+	}
+	_ = d.deleteRoutes(ctx, req.Target, keep)
 	return reconciler.DeployResult{Previews: previews, LogTail: d.logTail(ctx, req.EnvironmentID, req.Generation)}, nil
 }
 
@@ -370,7 +378,7 @@ func (d *Deployer) Destroy(ctx context.Context, t reconciler.Target) error {
 	if _, _, err := d.follow(ctx, t.EnvironmentID, gen, d.AgentTimeout, func([]checks.Step) {}, "down"); err != nil {
 		return err
 	}
-	if err := d.deleteRoutes(ctx, t); err != nil {
+	if err := d.deleteRoutes(ctx, t, nil); err != nil {
 		return err
 	}
 	for _, a := range machines {
@@ -399,8 +407,9 @@ func (d *Deployer) Destroy(ctx context.Context, t reconciler.Target) error {
 	return nil
 }
 
-// deleteRoutes removes the hostnames the environment's deployments used.
-func (d *Deployer) deleteRoutes(ctx context.Context, t reconciler.Target) error {
+// deleteRoutes removes the hostnames the environment's deployments used,
+// but those in keep.
+func (d *Deployer) deleteRoutes(ctx context.Context, t reconciler.Target, keep map[string]bool) error {
 	if d.Routes == nil {
 		return nil
 	}
@@ -422,6 +431,9 @@ func (d *Deployer) deleteRoutes(ctx context.Context, t reconciler.Target) error 
 	}
 	rows.Close()
 	for h := range hosts {
+		if keep[h] {
+			continue
+		}
 		if err := d.Routes.DeleteHost(ctx, h); err != nil {
 			return fmt.Errorf("delete route %s: %w", h, err)
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/stagely-dev/stagely/fleet"
 	"github.com/stagely-dev/stagely/kv"
 	"github.com/stagely-dev/stagely/provisioner"
+	"github.com/stagely-dev/stagely/proxy"
 	"github.com/stagely-dev/stagely/reconciler"
 	"github.com/stagely-dev/stagely/repoconfig"
 	"github.com/stagely-dev/stagely/store"
@@ -139,19 +140,33 @@ func TestDeployHandsTheAgentItsDeploymentAndFollowsItsReports(t *testing.T) {
 		}
 	}
 	prov := &machines{created: map[string]provisioner.Spec{}, gone: map[string]bool{}, boot: agent}
+	routes := proxy.NewMemory()
 	d := &fleet.Deployer{
 		DB: db, Bus: bus, Provider: prov, ProviderName: "test", Secret: []byte("0123456789abcdef0123456789abcdef"),
-		Boot:         provisioner.CloudInit{ServerURL: "https://stagely.example", ProxyAddr: "proxy.example:7443", AgentURL: "https://stagely.example/agent", AgentSHA256: strings.Repeat("0", 64)},
-		PreviewHost:  func(hash, name string, first bool) string { return hash + ".preview.example" },
+		Boot: provisioner.CloudInit{ServerURL: "https://stagely.example", ProxyAddr: "proxy.example:7443", AgentURL: "https://stagely.example/agent", AgentSHA256: strings.Repeat("0", 64)},
+		PreviewHost: func(hash, name string, first bool) string {
+			if first {
+				return hash + ".preview.example"
+			}
+			return hash + "-" + name + ".preview.example"
+		},
 		PreviewURL:   func(host string) string { return "https://" + host },
 		Launch:       provisioner.Wait{Timeout: 5 * time.Second, Interval: 10 * time.Millisecond},
 		AgentTimeout: 5 * time.Second, Recheck: 50 * time.Millisecond,
+		Routes: routes,
 	}
 
 	envID := newEnvironment(t, db)
-	cfg, err := repoconfig.Parse([]byte("version: 1\npreviews:\n  - name: web\n    service: web\n    port: 8080\n"))
+	cfg, err := repoconfig.Parse([]byte("version: 1\npreviews:\n  - name: web\n    service: web\n    port: 8080\n  - name: api\n    service: api\n    port: 9000\n"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	// What the proxy publishes of the agent's grants once it connects.
+	webHost, apiHost := "abc123.preview.example", "abc123-api.preview.example"
+	for _, h := range []string{webHost, apiHost} {
+		if err := routes.PutHost(ctx, h, strconv.FormatInt(envID, 10), "1", 0); err != nil {
+			t.Fatal(err)
+		}
 	}
 	target := reconciler.Target{EnvironmentID: envID, InstallationID: 1, Owner: "o", Repo: "r", PR: 1, Hash: "abc123"}
 	var reported [][]checks.Step
@@ -160,7 +175,7 @@ func TestDeployHandsTheAgentItsDeploymentAndFollowsItsReports(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Previews) != 1 || res.Previews[0].URL != "https://abc123.preview.example" {
+	if len(res.Previews) != 2 || res.Previews[0].URL != "https://abc123.preview.example" {
 		t.Errorf("previews %+v", res.Previews)
 	}
 	got.Lock()
@@ -183,9 +198,28 @@ func TestDeployHandsTheAgentItsDeploymentAndFollowsItsReports(t *testing.T) {
 	if n := len(prov.created); n != 1 {
 		t.Errorf("%d machines created for one environment, want 1", n)
 	}
+	if _, err := routes.Resolve(ctx, apiHost); err != nil {
+		t.Errorf("after a failed deploy, the preview the last good one serves: %v", err)
+	}
+
+	// A deploy that drops a preview drops its route: it answers 404, not
+	// 502 until the destroy.
+	webOnly, err := repoconfig.Parse([]byte("version: 1\npreviews:\n  - name: web\n    service: web\n    port: 8080\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Deploy(ctx, reconciler.DeployRequest{Target: target, SHA: "cafe", Generation: 3, Config: webOnly}, func([]checks.Step) {}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := routes.Resolve(ctx, apiHost); !errors.Is(err, proxy.ErrNoRoute) {
+		t.Errorf("the dropped preview still routes: %+v, %v", r, err)
+	}
+	if _, err := routes.Resolve(ctx, webHost); err != nil {
+		t.Errorf("the kept preview: %v", err)
+	}
 
 	// Destroy asks the agent to tear down and destroys the machine.
-	if _, err := db.ExecContext(ctx, "UPDATE environments SET desired_state = 'destroyed', desired_generation = 3"); err != nil {
+	if _, err := db.ExecContext(ctx, "UPDATE environments SET desired_state = 'destroyed', desired_generation = 4"); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.Destroy(ctx, target); err != nil {
