@@ -165,10 +165,12 @@ func TestWholeLoopOnTheLocalProvider(t *testing.T) {
 		s := w.sticky(pr.Number)
 		return len(s) == 1 && strings.Contains(s[0].Body, "Stagely preview: destroyed"), "not destroyed yet"
 	})
-	eventually(t, 10*time.Second, func() (bool, string) {
-		code, _ := get(t, run.DetailsURL)
-		return code == http.StatusNotFound, fmt.Sprintf("preview answers %d, want 404", code)
-	})
+	for _, u := range []string{run.DetailsURL, apiURL} {
+		eventually(t, 10*time.Second, func() (bool, string) {
+			code, _ := get(t, u)
+			return code == http.StatusNotFound, fmt.Sprintf("%s answers %d, want 404", u, code)
+		})
+	}
 	if left, err := projectLeft(ctx, dc, project); err != nil || left != "" {
 		t.Errorf("left after destroy: %s (%v)", left, err)
 	}
