@@ -66,17 +66,19 @@ func (e *Engine) Deploy(ctx context.Context, d protocol.Deployment, src Source, 
 	x := &run{e: e, d: d, r: r, m: logs.NewMasker(secrets), p: e.paths(d.EnvironmentID), project: ProjectName(d.EnvironmentID)}
 	e.setMasker(d.EnvironmentID, x.m)
 
-	if err := x.step(ctx, StepSource, func(ctx context.Context) (string, error) { return x.unpack(ctx, src) }); err != nil {
-		return Result{}, err
-	}
+	err := x.step(ctx, StepSource, func(ctx context.Context) (string, error) { return x.unpack(ctx, src) })
 	var p *compose.Project
-	if err := x.step(ctx, StepCompose, func(ctx context.Context) (msg string, err error) {
-		p, msg, err = x.prepare(ctx)
-		return msg, err
-	}); err != nil {
-		return Result{}, err
+	if err == nil {
+		err = x.step(ctx, StepCompose, func(ctx context.Context) (msg string, err error) {
+			p, msg, err = x.prepare(ctx)
+			return msg, err
+		})
 	}
-	if err := x.step(ctx, StepUp, func(ctx context.Context) (string, error) { return x.up(ctx, p) }); err != nil {
+	if err == nil {
+		err = x.step(ctx, StepUp, func(ctx context.Context) (string, error) { return x.up(ctx, p) })
+	}
+	x.settleTrees(ctx, err == nil)
+	if err != nil {
 		return Result{}, err
 	}
 	res := Result{Project: x.project, Containers: x.containers}
@@ -99,6 +101,10 @@ type run struct {
 	project string
 	// containers are the project's containers once compose up returned.
 	containers []containers.Container
+	// swapped is when unpack put the new tree at src, zero if it did not;
+	// replaced is where the tree it replaced was retired, if there was one.
+	swapped  time.Time
+	replaced string
 }
 
 // step reports a step's start and end around fn. A failure's message is
@@ -138,7 +144,8 @@ func (e *StepError) Error() string {
 func (e *StepError) Unwrap() error { return e.err }
 
 // unpack receives the tarball into a staging directory and swaps it in,
-// so a failed unpack leaves the running tree alone.
+// so a failed unpack leaves the running tree alone; the tree it replaces
+// stays while containers may mount it (see trees.go).
 func (x *run) unpack(ctx context.Context, src Source) (string, error) {
 	if src.Body == nil {
 		return "", fmt.Errorf("%w: no source", ErrInvalidDeployment)
@@ -155,15 +162,7 @@ func (x *run) unpack(ctx context.Context, src Source) (string, error) {
 		os.RemoveAll(x.p.staging)
 		return "", err
 	}
-	old := x.p.src + ".old"
-	os.RemoveAll(old)
-	if err := os.Rename(x.p.src, old); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return "", err
-	}
-	if err := os.Rename(x.p.staging, x.p.src); err != nil {
-		return "", err
-	}
-	if err := os.RemoveAll(old); err != nil {
+	if err := x.swap(); err != nil {
 		return "", err
 	}
 	return fmt.Sprintf("unpacked %d files, %s, at %s", stats.Files, size(stats.Bytes), short(x.d.SHA)), nil

@@ -19,7 +19,8 @@ import (
 // Config configures an Engine. Zero fields take the defaults named.
 type Config struct {
 	// WorkDir holds a directory per environment: src/ (the unpacked
-	// tree, the compose project's root) and private/ (mode 0700: the env
+	// tree, the compose project's root), retired/ (trees src replaced
+	// that containers may still mount) and private/ (mode 0700: the env
 	// file with the secrets, the override file). Required.
 	WorkDir string
 	// Docker is the engine connection. Required.
@@ -135,16 +136,19 @@ func (e *Engine) masker(env string) (*logs.Masker, bool) {
 
 // paths of one environment's files.
 type envPaths struct {
-	dir, src, staging, private, envFile, override, invocation string
+	dir, src, staging, since, retired, private, envFile, override, invocation string
 }
 
 func (e *Engine) paths(env string) envPaths {
 	dir := filepath.Join(e.cfg.WorkDir, env)
 	private := filepath.Join(dir, "private")
 	return envPaths{
-		dir:      dir,
-		src:      filepath.Join(dir, "src"),
-		staging:  filepath.Join(dir, "src.new"),
+		dir:     dir,
+		src:     filepath.Join(dir, "src"),
+		staging: filepath.Join(dir, "src.new"),
+		// since and retired keep the trees src replaced; see trees.go.
+		since:    filepath.Join(dir, "src.since"),
+		retired:  filepath.Join(dir, "retired"),
 		private:  private,
 		envFile:  filepath.Join(private, "env"),
 		override: filepath.Join(private, "compose.override.yaml"),

@@ -11,6 +11,7 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/mount"
 )
 
 // Container is one container of a project as the engine sees it.
@@ -31,6 +32,8 @@ type Container struct {
 	Networks map[string]string
 	// Published lists ports bound on the host ("0.0.0.0:32768->8080/tcp").
 	Published []string
+	// Binds are the host paths of its bind mounts.
+	Binds []string
 
 	tty bool
 }
@@ -82,6 +85,11 @@ func (d *Docker) inspect(ctx context.Context, id string) (Container, error) {
 		}
 	}
 	c.RestartCount = in.RestartCount
+	for _, m := range in.Mounts {
+		if m.Type == mount.TypeBind {
+			c.Binds = append(c.Binds, m.Source)
+		}
+	}
 	if in.NetworkSettings != nil {
 		for name, ep := range in.NetworkSettings.Networks {
 			if ep != nil && ep.IPAddress != "" {
