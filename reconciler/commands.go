@@ -2,13 +2,17 @@ package reconciler
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/google/go-github/v60/github"
 	"github.com/uptrace/bun"
 
+	"github.com/stagely-dev/stagely/checks"
 	"github.com/stagely-dev/stagely/comments"
+	"github.com/stagely-dev/stagely/ghclient"
 	"github.com/stagely-dev/stagely/store"
 )
 
@@ -33,7 +37,15 @@ func (s *session) applyCommands(ctx context.Context) error {
 		if err := s.reload(ctx); err != nil {
 			return err
 		}
-		if err := s.apply(ctx, &cmds[i]); err != nil {
+		err := s.apply(ctx, &cmds[i])
+		if err != nil && ghclient.Refused(err) {
+			// GitHub will not answer this one, ever (the app was removed,
+			// the pull request is gone): waiting on it would hold back
+			// every push and the destroy behind it.
+			s.log.Warn().Err(err).Str("command", cmds[i].Name).Str("actor", cmds[i].Actor).Msg("command dropped: GitHub refuses what it needs")
+			err = s.setCommand(ctx, &cmds[i], store.CommandRefused, 0)
+		}
+		if err != nil {
 			return fmt.Errorf("command %q by %s: %w", cmds[i].Name, cmds[i].Actor, err)
 		}
 	}
@@ -63,7 +75,11 @@ func (s *session) apply(ctx context.Context, c *store.Command) error {
 	}
 	switch c.Name {
 	case "status":
-		body, err := comments.RenderStatus(s.status())
+		st, err := s.status(ctx)
+		if err != nil {
+			return err
+		}
+		body, err := comments.RenderStatus(st)
 		if err != nil {
 			return err
 		}
@@ -90,10 +106,17 @@ func (s *session) apply(ctx context.Context, c *store.Command) error {
 		}
 		g := s.env.DesiredGeneration + 1
 		isFork := pr.GetHead().GetRepo().GetID() != pr.GetBase().GetRepo().GetID()
-		// A writer asking to deploy a fork's code is the approval forks wait for.
+		sha := pr.GetHead().GetSHA()
+		if isFork && s.env.DesiredSHA != "" {
+			// A writer asking to deploy a fork's code is the approval forks
+			// wait for, of the commit the comment asked them to review: one
+			// pushed since, even before its event arrived, waits for its
+			// own (the push's event clears the approval).
+			sha = s.env.DesiredSHA
+		}
 		if err := s.update(ctx, `desired_state = 'running', desired_sha = ?, desired_generation = ?, is_fork = ?,
 			is_fork_approved = true, head_repo = ?, touched_at = now()`,
-			pr.GetHead().GetSHA(), g, isFork, pr.GetHead().GetRepo().GetFullName()); err != nil {
+			sha, g, isFork, pr.GetHead().GetRepo().GetFullName()); err != nil {
 			return err
 		}
 		return s.setCommand(ctx, c, store.CommandApplied, g)
@@ -163,12 +186,17 @@ func (s *session) setCommand(ctx context.Context, c *store.Command, status strin
 
 // react adds a reaction to the command's comment. GitHub answers 200 for a
 // reaction that is already there, so repeating it after a crash is harmless.
-// Buttons have no comment to react to.
+// Buttons have no comment to react to, and neither has a comment deleted
+// since (or one the app may no longer see): the command stands without.
 func (s *session) react(ctx context.Context, c *store.Command, content string) error {
 	if c.CommentID == 0 {
 		return nil
 	}
 	if _, _, err := s.gh.Reactions.CreateIssueCommentReaction(ctx, s.env.Owner, s.env.Repo, c.CommentID, content); err != nil {
+		if ghclient.Refused(err) {
+			s.log.Info().Err(err).Int64("comment", c.CommentID).Msg("no reaction on the command's comment")
+			return nil
+		}
 		return fmt.Errorf("react %s: %w", content, err)
 	}
 	return nil
@@ -203,17 +231,28 @@ func (s *session) replyOnce(ctx context.Context, c *store.Command, body string) 
 	return nil
 }
 
-// status describes the environment for `/stagely status`.
-func (s *session) status() comments.Sticky {
+// status describes the environment for `/stagely status`: a live
+// preview with the URLs of the deployment that made it so.
+func (s *session) status(ctx context.Context) (comments.Sticky, error) {
 	e := s.env
-	st := comments.State(e.ObservedState)
+	st := comments.Sticky{Repo: e.FullName(), PR: e.PRNumber, State: comments.State(e.ObservedState), SHA: e.ObservedSHA, UpdatedAt: e.UpdatedAt, Err: e.LastError}
 	switch e.ObservedState {
 	case store.ObservedRunning:
-		st = comments.StateReady
+		st.State = comments.StateReady
+		var d store.Deployment
+		err := s.r.cfg.DB.NewSelect().Model(&d).Column("previews").
+			Where("environment_id = ? AND generation <= ? AND sha = ? AND conclusion = 'success'", e.ID, e.ObservedGeneration, e.ObservedSHA).
+			Order("generation DESC").Limit(1).Scan(ctx)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return st, fmt.Errorf("previews of environment %d: %w", e.ID, err)
+		}
+		for _, p := range d.Previews {
+			st.Previews = append(st.Previews, checks.Preview{Name: p.Name, URL: p.URL})
+		}
 	case store.ObservedNew:
-		st = comments.StateQueued
+		st.State = comments.StateQueued
 	}
-	return comments.Sticky{Repo: e.FullName(), PR: e.PRNumber, State: st, SHA: e.ObservedSHA, UpdatedAt: e.UpdatedAt, Err: e.LastError}
+	return st, nil
 }
 
 // mention is who a reply addresses: the comment's author; a button press

@@ -13,12 +13,18 @@ import (
 	"github.com/stagely-dev/stagely/app"
 	"github.com/stagely-dev/stagely/checks"
 	"github.com/stagely-dev/stagely/comments"
+	"github.com/stagely-dev/stagely/ghclient"
 	"github.com/stagely-dev/stagely/repoconfig"
 	"github.com/stagely-dev/stagely/store"
 )
 
 // errSuperseded stops a deployment whose generation is no longer desired.
 var errSuperseded = errors.New("superseded")
+
+// errCommanded stops a deployment for a command that came in during it
+// from someone who may give it (the Destroy button on the running check):
+// the command is applied at once instead of after the build.
+var errCommanded = errors.New("interrupted by a command")
 
 // maxRetryableAttempts bounds how long a passing fault may keep a
 // deployment pending before it is reported as failed.
@@ -56,6 +62,12 @@ func (r *Reconciler) converge(ctx context.Context, env *store.Environment) error
 			err = s.deploy(ctx)
 		}
 		if errors.Is(err, errSuperseded) {
+			continue
+		}
+		if errors.Is(err, errCommanded) {
+			if err := s.applyCommands(ctx); err != nil {
+				return err
+			}
 			continue
 		}
 		if err != nil {
@@ -259,7 +271,8 @@ func (s *session) deploy(ctx context.Context) error {
 	dctx, stop := context.WithCancel(ctx)
 	defer stop()
 	var newer atomic.Pointer[store.Environment]
-	go s.watchSupersede(dctx, g, stop, &newer)
+	var commanded atomic.Bool
+	go s.watchSupersede(dctx, g, stop, &newer, &commanded)
 	progress := func(ds []checks.Step) {
 		all := append([]checks.Step{cfgStep}, ds...)
 		d.Steps = toStore(all)
@@ -281,10 +294,15 @@ func (s *session) deploy(ctx context.Context) error {
 			reason = "the environment is being destroyed"
 		}
 		rep := checks.Report{Status: "completed", Conclusion: "cancelled", SHA: sha, Now: now, Steps: cancelRunning(steps, now), Reason: reason}
-		if err := s.complete(ctx, d, rep); err != nil {
+		if err := s.report(s.complete(ctx, d, rep)); err != nil {
 			return err
 		}
 		return errSuperseded
+	}
+	if commanded.Load() {
+		// The command decides what becomes of this generation's check: a
+		// destroy or a redeploy supersedes it, and closeStale closes it.
+		return errCommanded
 	}
 	if derr != nil {
 		var de *DeployError
@@ -323,10 +341,13 @@ func (s *session) fail(ctx context.Context, d *store.Deployment, g int64, sha st
 }
 
 // watchSupersede cancels a deployment as soon as a newer generation is
-// desired, so a push or a destroy never waits for a stale build.
-func (s *session) watchSupersede(ctx context.Context, g int64, stop func(), newer *atomic.Pointer[store.Environment]) {
+// desired, so a push or a destroy never waits for a stale build; and as
+// soon as someone who may give it asks for a destroy or a redeploy
+// (commanded), which is applied then.
+func (s *session) watchSupersede(ctx context.Context, g int64, stop func(), newer *atomic.Pointer[store.Environment], commanded *atomic.Bool) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
+	checked := map[int64]bool{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -343,7 +364,36 @@ func (s *session) watchSupersede(ctx context.Context, g int64, stop func(), newe
 			stop()
 			return
 		}
+		if s.permittedCommand(ctx, checked) {
+			commanded.Store(true)
+			stop()
+			return
+		}
 	}
+}
+
+// permittedCommand reports whether a destroy or a redeploy is pending from
+// someone with write access. Only those interrupt a build: anyone may
+// comment, and a command from a reader must not cancel builds. Each
+// command is asked about once; checked remembers them.
+func (s *session) permittedCommand(ctx context.Context, checked map[int64]bool) bool {
+	var cmds []store.Command
+	if err := s.r.cfg.DB.NewSelect().Model(&cmds).Column("id", "actor").
+		Where("environment_id = ? AND status = ? AND name IN ('destroy', 'redeploy', 'deploy')", s.env.ID, store.CommandPending).
+		Scan(ctx); err != nil {
+		return false
+	}
+	for _, c := range cmds {
+		if checked[c.ID] {
+			continue
+		}
+		checked[c.ID] = true
+		perm, err := comments.Permission(ctx, s.gh.Repositories, s.env.Owner, s.env.Repo, c.Actor)
+		if err == nil && comments.CanWrite(perm) {
+			return true
+		}
+	}
+	return false
 }
 
 // complete finishes deployment d and its Check Run with rep.
@@ -359,13 +409,17 @@ func (s *session) complete(ctx context.Context, d *store.Deployment, rep checks.
 	return s.saveDeployment(ctx, d)
 }
 
+// destroy tears the environment down, then says so on GitHub. The
+// machine goes first: GitHub may refuse the app for good (uninstalled,
+// the repository taken out of the installation), and no machine may
+// outlive that. Reports GitHub refuses are skipped (report).
 func (s *session) destroy(ctx context.Context) error {
 	g := s.env.DesiredGeneration
-	if err := s.closeStale(ctx, g, "the environment is being destroyed"); err != nil {
-		return err
-	}
 	if err := s.r.cfg.Deployer.Destroy(ctx, s.target()); err != nil {
 		return fmt.Errorf("destroy environment %d: %w", s.env.ID, err)
+	}
+	if err := s.report(s.closeStale(ctx, g, "the environment is being destroyed")); err != nil {
+		return err
 	}
 	now := s.r.cfg.Now()
 	// Destroyed by the reaper because nobody pushed or commented within
@@ -384,7 +438,7 @@ func (s *session) destroy(ctx context.Context) error {
 		}
 		rep := checks.Report{Status: "completed", Conclusion: conclusion, SHA: last.SHA, Now: now, Reason: reason,
 			Steps: cancelRunning(fromStore(last.Steps), now)}
-		if err := s.complete(ctx, last, rep); err != nil {
+		if err := s.report(s.complete(ctx, last, rep)); err != nil {
 			return err
 		}
 	}
@@ -393,11 +447,22 @@ func (s *session) destroy(ctx context.Context) error {
 		if idle {
 			st.IdleFor = time.Duration(s.env.TTLSeconds) * time.Second
 		}
-		if err := s.putSticky(ctx, st); err != nil {
+		if err := s.report(s.putSticky(ctx, st)); err != nil {
 			return err
 		}
 	}
 	return s.observe(ctx, g, store.ObservedDestroyed, s.env.ObservedSHA)
+}
+
+// report passes on the error of a report to GitHub, unless GitHub refuses
+// it for good: then there is nobody to tell, and what the report followed
+// (a destroy, a cancelled build) must still be recorded as done.
+func (s *session) report(err error) error {
+	if err != nil && ghclient.Refused(err) {
+		s.log.Warn().Err(err).Msg("report skipped: GitHub refuses the app here")
+		return nil
+	}
+	return err
 }
 
 func observedOf(conclusion, current string) string {

