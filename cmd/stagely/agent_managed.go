@@ -123,10 +123,13 @@ func runManagedAgent(ctx context.Context, cfg agentExposeConfig, log zerolog.Log
 	onDeployment := func(d *protocol.Deployment) {
 		routes.set(d)
 		// The proxy grants hostnames at the handshake: a preview this
-		// deployment adds is served once a new session takes it up.
+		// deployment adds is served once a new session takes it up, and
+		// one it drops must leave the grants too, or the proxy could
+		// publish its route again (after Valkey lost its keys) and it
+		// would answer 502 instead of 404.
 		if wel, ok := a.Welcome(); ok {
-			if host, missing := ungranted(wel.Hostnames, d); missing {
-				log.Info().Str("hostname", host).Int64("generation", d.Generation).Msg("the deployment adds a preview; renewing the tunnel to serve it")
+			if host, why := grantsDiffer(wel.Hostnames, d); why != "" {
+				log.Info().Str("hostname", host).Int64("generation", d.Generation).Msgf("the deployment %s a preview; renewing the tunnel", why)
 				a.Renew()
 			}
 		}
@@ -199,12 +202,28 @@ func (p *previewRoutes) ServeStream(ctx context.Context, hostname string, conn n
 	conn.Close()
 }
 
-// ungranted returns a hostname of d's previews that grants do not cover.
-func ungranted(grants []string, d *protocol.Deployment) (string, bool) {
+// grantsDiffer returns a hostname that grants and d's previews do not
+// agree on, and why: "adds" for one of d's previews grants do not cover,
+// "drops" for a grant none of them uses. A deployment with no previews (a
+// destroy) needs nothing of the grants.
+func grantsDiffer(grants []string, d *protocol.Deployment) (host, why string) {
+	used := map[string]bool{}
 	for _, pv := range d.Previews {
-		if pv.Host != "" && !tunnel.HostAllowed(grants, pv.Host) {
-			return pv.Host, true
+		if pv.Host == "" {
+			continue
+		}
+		used[pv.Host] = true
+		if !tunnel.HostAllowed(grants, pv.Host) {
+			return pv.Host, "adds"
 		}
 	}
-	return "", false
+	if len(used) == 0 {
+		return "", ""
+	}
+	for _, g := range grants {
+		if !used[g] {
+			return g, "drops"
+		}
+	}
+	return "", ""
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/stagely-dev/stagely/agent/protocol"
 	"github.com/stagely-dev/stagely/tunnel"
 )
 
@@ -103,5 +104,37 @@ func TestExposeWarnsOnlyOfGrantedHostsItDoesNotServe(t *testing.T) {
 	}
 	if !warned("other.example") {
 		t.Errorf("no warning for other.example, which nothing serves:\n%s", logs)
+	}
+}
+
+func TestTheAgentRenewsWhenItsGrantsAndItsPreviewsDiffer(t *testing.T) {
+	deploy := func(hosts ...string) *protocol.Deployment {
+		d := &protocol.Deployment{Action: protocol.ActionDeploy}
+		for _, h := range hosts {
+			d.Previews = append(d.Previews, protocol.Preview{Host: h})
+		}
+		return d
+	}
+	const web, api = "h1.preview.test", "h1-api.preview.test"
+	tests := []struct {
+		name   string
+		grants []string
+		d      *protocol.Deployment
+		host   string
+		why    string
+	}{
+		{"same", []string{web, api}, deploy(api, web), "", ""},
+		{"a preview added", []string{web}, deploy(web, api), api, "adds"},
+		{"a preview dropped", []string{web, api}, deploy(web), api, "drops"},
+		{"a destroy", []string{web, api}, &protocol.Deployment{Action: protocol.ActionDestroy}, "", ""},
+		{"no grants yet", nil, deploy(web), web, "adds"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			host, why := grantsDiffer(tt.grants, tt.d)
+			if host != tt.host || why != tt.why {
+				t.Errorf("grantsDiffer = %q, %q; want %q, %q", host, why, tt.host, tt.why)
+			}
+		})
 	}
 }
