@@ -31,6 +31,7 @@ import (
 	"github.com/stagely-dev/stagely/cmd/stagely/example"
 	"github.com/stagely-dev/stagely/provisioner"
 	"github.com/stagely-dev/stagely/provisioner/hetzner/hetznerfake"
+	"github.com/stagely-dev/stagely/tunnel"
 )
 
 // clearCloudCredentials keeps the machine's own cloud setup, and AWS's
@@ -380,6 +381,40 @@ func TestPreviewOnACloudMachine(t *testing.T) {
 	defer dc.Close()
 	if left, err := projectLeft(ctx, dc, agent.ProjectName(idString(env.ID))); err != nil || left != "" {
 		t.Errorf("left after destroy: %s (%v)", left, err)
+	}
+}
+
+// Servers started together on a shared, empty data directory (replicas
+// of one deployment) must end up with one tunnel CA, the one in the
+// files: each hands its CA to the machines it makes and signs its tunnel
+// certificate with it, and an agent refuses any other.
+func TestServersStartingTogetherMakeOneTunnelCA(t *testing.T) {
+	for round := range 20 {
+		dir := t.TempDir()
+		cert, key := filepath.Join(dir, "tunnel-ca.pem"), filepath.Join(dir, "tunnel-ca-key.pem")
+		var cas [2]*tunnel.DevCA
+		var wg sync.WaitGroup
+		for i := range cas {
+			wg.Go(func() {
+				ca, err := tunnelCA(cert, key)
+				if err != nil {
+					t.Error(err)
+				}
+				cas[i] = ca
+			})
+		}
+		wg.Wait()
+		if t.Failed() {
+			return
+		}
+		onDisk, err := os.ReadFile(cert)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(cas[0].PEM, cas[1].PEM) || !bytes.Equal(onDisk, cas[0].PEM) {
+			t.Fatalf("round %d: the servers hold different tunnel CAs (the file is the first's: %v, the second's: %v)",
+				round, bytes.Equal(onDisk, cas[0].PEM), bytes.Equal(onDisk, cas[1].PEM))
+		}
 	}
 }
 

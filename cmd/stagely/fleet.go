@@ -20,6 +20,7 @@ import (
 	"github.com/palantir/go-githubapp/githubapp"
 	"github.com/rs/zerolog"
 	"github.com/uptrace/bun"
+	"golang.org/x/sys/unix"
 
 	"github.com/stagely-dev/stagely/agent/protocol"
 	"github.com/stagely-dev/stagely/fleet"
@@ -470,6 +471,20 @@ const tunnelCALife = 10 * 365 * 24 * time.Hour
 // running agents trust the CA file they were started with: a server that
 // made a new CA at every start would strand them after a restart.
 func tunnelCA(certFile, keyFile string) (*tunnel.DevCA, error) {
+	// Servers that share the data directory and start together must end
+	// up with one CA: each hands its own to the machines it makes, and an
+	// agent then refuses every other server. The lock makes the check and
+	// the write one step.
+	lock, err := os.OpenFile(certFile+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock the tunnel CA: %w", err)
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("lock the tunnel CA: %w", err)
+	}
+	defer unix.Flock(int(lock.Fd()), unix.LOCK_UN)
+
 	cert, cerr := os.ReadFile(certFile)
 	key, kerr := os.ReadFile(keyFile)
 	if cerr == nil && kerr == nil {
@@ -485,11 +500,26 @@ func tunnelCA(certFile, keyFile string) (*tunnel.DevCA, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(keyFile, kp, 0o600); err != nil {
+	// Each file is whole or absent, even if this process dies mid-write.
+	if err := writeFileAtomic(keyFile, kp, 0o600); err != nil {
 		return nil, fmt.Errorf("write the tunnel CA key: %w", err)
 	}
-	if err := os.WriteFile(certFile, ca.PEM, 0o644); err != nil {
+	if err := writeFileAtomic(certFile, ca.PEM, 0o644); err != nil {
 		return nil, fmt.Errorf("write the tunnel CA: %w", err)
 	}
 	return ca, nil
+}
+
+// writeFileAtomic writes data to name through a temporary file renamed
+// into place.
+func writeFileAtomic(name string, data []byte, perm os.FileMode) error {
+	tmp := name + ".tmp"
+	if err := os.WriteFile(tmp, data, perm); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, name); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
 }
