@@ -135,7 +135,7 @@ func TestAgentBinaryIsServedWithItsChecksum(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.method+" "+tt.rng, func(t *testing.T) {
-			req, _ := http.NewRequest(tt.method, srv.URL+agentPath, nil)
+			req, _ := http.NewRequest(tt.method, srv.URL+ab.path(), nil)
 			if tt.rng != "" {
 				req.Header.Set("Range", tt.rng)
 			}
@@ -168,7 +168,7 @@ func TestAgentBinaryIsServedWithItsChecksum(t *testing.T) {
 	if err := os.Rename(next, path); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.Get(srv.URL + agentPath)
+	resp, err := http.Get(srv.URL + ab.path())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,6 +176,20 @@ func TestAgentBinaryIsServedWithItsChecksum(t *testing.T) {
 	resp.Body.Close()
 	if sum := sha256.Sum256(got); hex.EncodeToString(sum[:]) != ab.sum {
 		t.Errorf("after the binary was replaced on disk, the server serves bytes whose sha256 is %x, not %s", sum, ab.sum)
+	}
+	// A server of another build (a rolling upgrade) is asked for a binary
+	// it does not have: 404, which the machine's download retries, never
+	// bytes that fail the checksum and end the machine's boot.
+	other := strings.Repeat("0", 64)
+	for _, p := range []string{agentPath + other + "/stagely", agentPath + "stagely"} {
+		resp, err := http.Get(srv.URL + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("GET %s: %d, want 404", p, resp.StatusCode)
+		}
 	}
 	if _, err := newAgentBinary(t.TempDir()); err == nil {
 		t.Error("a directory was accepted as the agent binary")

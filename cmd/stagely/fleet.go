@@ -334,7 +334,7 @@ func startFleet(ctx context.Context, fc fleetConfig, ms *machineSetup, webhookSe
 		DB: db, Bus: shared, Provider: prov, ProviderName: fc.provider, Secret: secret,
 		Boot: provisioner.CloudInit{
 			ServerURL: fc.publicURL, ProxyAddr: tunnelPublic,
-			AgentURL: strings.TrimSuffix(fc.publicURL, "/") + agentPath, AgentSHA256: agentBin.sum,
+			AgentURL: strings.TrimSuffix(fc.publicURL, "/") + agentBin.path(), AgentSHA256: agentBin.sum,
 			TunnelCA: string(ca.PEM),
 		},
 		PreviewHost: func(hash, name string, first bool) string {
@@ -402,8 +402,12 @@ func newProvider(ctx context.Context, fc fleetConfig, dataDir, self string) (pro
 	return p, nil
 }
 
-// agentPath is where the server serves the agent binary.
-const agentPath = "/agent/stagely"
+// agentPath is where the server serves the agent binary: under its
+// checksum (agentBinary.path), so that while servers of two builds run
+// side by side (a rolling upgrade) a machine that asks a server of the
+// other build gets a 404, which its download retries, and never a binary
+// that fails its checksum, which ends its boot.
+const agentPath = "/agent/"
 
 // agentBinary serves the stagely binary that machines download and run as
 // their agent; the cloud-init checks it against sum before running it. The
@@ -439,7 +443,14 @@ func newAgentBinary(path string) (*agentBinary, error) {
 	return &agentBinary{f: f, size: st.Size(), sum: hex.EncodeToString(h.Sum(nil)), mod: st.ModTime()}, nil
 }
 
+// path is where b is served.
+func (b *agentBinary) path() string { return agentPath + b.sum + "/stagely" }
+
 func (b *agentBinary) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != b.path() {
+		http.Error(w, "this server has agent binary "+b.sum+", not the one asked for", http.StatusNotFound)
+		return
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
