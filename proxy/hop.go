@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"net"
@@ -86,7 +87,12 @@ func (p *Proxy) hopError(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	node, _ := r.Context().Value(hopKey{}).(string)
-	p.log.Warn().Err(err).Str("host", r.Host).Str("node", node).Msg("internal hop to another proxy node failed")
+	ev := p.log.Warn().Err(err).Str("host", r.Host).Str("node", node)
+	if errors.As(err, new(x509.UnknownAuthorityError)) {
+		// Each node derives the hop's CA from its secret.
+		ev = ev.Str("cause", "the nodes' hop secrets differ")
+	}
+	ev.Msg("internal hop to another proxy node failed")
 	unreachablePage(w, r.Host)
 }
 

@@ -288,7 +288,7 @@ func TestHopRefusalIsA502AndAWarning(t *testing.T) {
 		{"hop secrets differ",
 			func(*nodeOpts) {},
 			func(o *nodeOpts) { o.secret = []byte("another-secret-another-secret-another-secret") },
-			"certificate"},
+			"hop secrets differ"},
 		{"clocks differ",
 			func(o *nodeOpts) { o.tweak = func(c *Config) { c.HopSkew = time.Nanosecond } },
 			func(*nodeOpts) {},
@@ -423,6 +423,39 @@ func TestDeletedHostStaysDeletedWhileItsAgentLingers(t *testing.T) {
 			if status, body := get(t, client(n.public), "http://"+hostA+"/hello"); status != http.StatusNotFound {
 				_, err := store.Resolve(t.Context(), hostA)
 				t.Fatalf("destroyed preview answers %d (%.60q), want 404; Resolve: %v", status, body, err)
+			}
+		})
+	}
+}
+
+// Nodes sharing a route table must route alike: one with another preview
+// domain (its hosts are not the others') or another hop secret (its hop
+// fails every request) is refused at its start, saying which.
+func TestNodesThatDisagreeOnTheTableAreRefused(t *testing.T) {
+	first := openValkey(t)
+	if err := first.Agree(context.Background(), "preview.test", testSecret); err != nil {
+		t.Fatalf("the first node: %v", err)
+	}
+	tests := []struct {
+		name   string
+		domain string
+		secret []byte
+		want   string // "" for agreement
+	}{
+		{"the same", "preview.test", testSecret, ""},
+		{"no hop", "preview.test", nil, ""},
+		{"another domain", "previews.example.com", testSecret, `"previews.example.com" differs from "preview.test"`},
+		{"another hop secret", "preview.test", []byte("another secret of at least thirty-two bytes"), "hop secret differs"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			other := &Valkey{c: first.c, prefix: first.prefix}
+			err := other.Agree(context.Background(), tt.domain, tt.secret)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("refused: %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("err = %v, want one saying %q", err, tt.want)
 			}
 		})
 	}

@@ -212,6 +212,11 @@ func startFleet(ctx context.Context, fc fleetConfig, ms *machineSetup, webhookSe
 		if err != nil {
 			return nil, err
 		}
+		_, secret := fc.hop.node()
+		if err := vs.Agree(ctx, fc.previewDomain, secret); err != nil {
+			vs.Close()
+			return nil, fmt.Errorf("%s and %s: %w", setting("preview-domain"), setting("hop-secret"), err)
+		}
 		routes, closeRoutes, primeTTL = vs, vs.Close, proxy.DefaultHostTTL
 	}
 	node, hopSecret := fc.hop.node()

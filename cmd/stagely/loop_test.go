@@ -274,14 +274,25 @@ func TestServersServeEachOthersPreviews(t *testing.T) {
 	t.Cleanup(func() { sweepLeftovers(t, w, filepath.Join(dataDir, "machines")) })
 	// A table of this test's own: agents are numbered per database.
 	prefix := fmt.Sprintf("test:%d:route:", time.Now().UnixNano())
-	var proxies []string
-	for range 2 {
+	server := func(domain string) serverConfig {
 		cfg := w.config(1)
-		cfg.fleet = fleetConfig{provider: "local", dataDir: dataDir, previewDomain: "preview.localhost",
+		cfg.fleet = fleetConfig{provider: "local", dataDir: dataDir, previewDomain: domain,
 			proxyAddr: freeAddr(t), tunnelAddr: freeAddr(t), valkeyPrefix: prefix,
 			hop: hopConfig{addr: freeAddr(t), secret: "a hop secret that both servers share"}}
+		return cfg
+	}
+	var proxies []string
+	for range 2 {
+		cfg := server("preview.localhost")
 		proxies = append(proxies, cfg.fleet.proxyAddr)
 		w.serveConfig(cfg)
+	}
+	// A server that would route another domain is refused at its start:
+	// the previews of agents connected to it would answer 404 everywhere.
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := runServer(sctx, server("previews.example.com"), w.logs, serverDeps{deployer: unavailableDeployer{}}); err == nil || !strings.Contains(err.Error(), "--preview-domain") {
+		t.Errorf("a server with another preview domain on the same route table: %v, want a refusal naming --preview-domain", err)
 	}
 
 	pr := w.openPR("feature")

@@ -148,6 +148,10 @@ func runProxy(ctx context.Context, cfg proxyConfig, stdout, stderr io.Writer) er
 			return err
 		}
 		defer store.Close()
+		_, secret := cfg.hop.node()
+		if err := store.Agree(ctx, pc.PreviewDomain, secret); err != nil {
+			return fmt.Errorf("%s and %s: %w", setting("preview-domain"), setting("hop-secret"), err)
+		}
 		pc.Routes = store
 	}
 	// The certificate manager answers ACME HTTP-01 challenges on the plain
