@@ -12,7 +12,7 @@ import (
 )
 
 // logBatch is the most lines sent in one frame.
-const logBatch = 500
+const logBatch = protocol.MaxLogLines / 2
 
 // remoteReporter ships one generation's steps and log lines to the server.
 // Steps queue without bound (a deploy has a handful) and are sent in

@@ -240,6 +240,11 @@ type LogBatch struct {
 	Final bool      `json:"final,omitempty"`
 }
 
+// MaxLogLines bounds the lines of one LogBatch. Decoded, a line costs the
+// server some 80 bytes besides its text: a frame of MaxMessage bytes of
+// empty lines would cost it over a hundred times its size.
+const MaxLogLines = 1000
+
 // Log streams.
 const (
 	// StreamBuild is `docker compose` output: build steps and container

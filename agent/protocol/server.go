@@ -1,9 +1,11 @@
 package protocol
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -181,9 +183,9 @@ func (s *Server) logs(ctx context.Context, c *serverCall, id Identity, req LogsR
 		return c.fail(fmt.Errorf("logs: %w", err))
 	}
 	for {
-		var b LogBatch
+		var b logBatchIn
 		if err := c.fr.readMessage(&b); err != nil {
-			return fmt.Errorf("logs of %s@%d: %w", req.EnvironmentID, req.Generation, err)
+			return c.fail(fmt.Errorf("logs of %s@%d: %w", req.EnvironmentID, req.Generation, err))
 		}
 		if len(b.Lines) > 0 {
 			if err := s.Handler.Logs(ctx, id, req, b.Lines); err != nil {
@@ -194,6 +196,42 @@ func (s *Server) logs(ctx context.Context, c *serverCall, id Identity, req LogsR
 			return c.reply(Response{})
 		}
 	}
+}
+
+// logBatchIn is a LogBatch as the server reads it: its lines are
+// counted as they are decoded, and refused past MaxLogLines, before they
+// cost memory.
+type logBatchIn struct {
+	Lines boundedLines `json:"lines"`
+	Final bool         `json:"final"`
+}
+
+type boundedLines []LogLine
+
+func (l *boundedLines) UnmarshalJSON(b []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	if tok == nil {
+		return nil // null
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '[' {
+		return fmt.Errorf("lines: want an array, got %v", tok)
+	}
+	for dec.More() {
+		if len(*l) == MaxLogLines {
+			return fmt.Errorf("more than %d lines in one batch", MaxLogLines)
+		}
+		var line LogLine
+		if err := dec.Decode(&line); err != nil {
+			return err
+		}
+		*l = append(*l, line)
+	}
+	_, err = dec.Token()
+	return err
 }
 
 func ownEnv(id Identity, env string) error {
