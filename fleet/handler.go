@@ -180,24 +180,71 @@ SELECT e.installation_id, e.owner, e.repo, d.sha FROM deployments d JOIN environ
 	return protocol.SourceInfo{StripTopLevel: true, Gzip: true}, body, nil
 }
 
+// An agent runs the pull request's code, so what it reports is checked
+// like any untrusted input: step reports decide a deploy and each costs a
+// Check Run update on GitHub, whose rate limit the whole installation
+// shares, and their names and messages are shown in the check.
+const (
+	// maxStepReports bounds the reports of one step of one generation:
+	// one when it starts and one when it ends, and room for repeats of a
+	// report whose answer was lost.
+	maxStepReports = 4
+	// maxStepMessage bounds a step's message, in characters.
+	maxStepMessage = 16 << 10
+)
+
+// agentSteps are the steps an agent reports (agent.Step*): their names
+// are shown as Stagely's own in the Check Run.
+var agentSteps = map[string]bool{"source": true, "compose": true, "up": true, "health": true, "down": true}
+
 func (h *Handler) Step(ctx context.Context, id protocol.Identity, r protocol.StepReport) error {
 	env, err := envOf(id)
 	if err != nil {
 		return err
 	}
+	if !agentSteps[r.Name] {
+		return fmt.Errorf("step %.40q: no such step: %w", r.Name, protocol.ErrBadRequest)
+	}
+	switch r.State {
+	case protocol.StepRunning, protocol.StepSucceeded, protocol.StepFailed:
+	default:
+		return fmt.Errorf("step %s: state %.20q: %w", r.Name, r.State, protocol.ErrBadRequest)
+	}
 	var finished *time.Time
 	if !r.Finished.IsZero() {
 		finished = &r.Finished
 	}
-	if _, err := h.DB.DB.ExecContext(ctx, `
+	// Only a generation handed to an agent has steps: a report for one
+	// yet to come would decide that deploy, even on another machine.
+	res, err := h.DB.DB.ExecContext(ctx, `
 INSERT INTO deployment_steps (environment_id, generation, name, state, message, started_at, finished_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)`, env, r.Generation, r.Name, string(r.State), r.Message, r.Started, finished); err != nil {
+SELECT $1, $2, $3, $4, left($5, $8), $6, $7
+ WHERE EXISTS (SELECT 1 FROM deployments WHERE environment_id = $1 AND generation = $2 AND agent_spec IS NOT NULL)
+   AND (SELECT count(*) FROM deployment_steps WHERE environment_id = $1 AND generation = $2 AND name = $3) < $9`,
+		env, r.Generation, r.Name, string(r.State), r.Message, r.Started, finished, maxStepMessage, maxStepReports)
+	if err != nil {
 		return fmt.Errorf("record step %s of environment %d: %w", r.Name, env, err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		if !h.handed(ctx, env, r.Generation) {
+			return fmt.Errorf("step %s of environment %d generation %d, which was not handed out: %w", r.Name, env, r.Generation, protocol.ErrNotFound)
+		}
+		// Past its reports' bound: dropped, and answered as landed, or
+		// the agent would repeat it for ever.
+		return nil
 	}
 	if h.Bus != nil {
 		_ = h.Bus.Publish(ctx, stepChannel(env), r.Name)
 	}
 	return nil
+}
+
+// handed reports whether generation gen of env was handed to its agent.
+func (h *Handler) handed(ctx context.Context, env, gen int64) bool {
+	var ok bool
+	err := h.DB.DB.QueryRowContext(ctx, `
+SELECT EXISTS (SELECT 1 FROM deployments WHERE environment_id = $1 AND generation = $2 AND agent_spec IS NOT NULL)`, env, gen).Scan(&ok)
+	return err == nil && ok
 }
 
 // maxLogTail is how much of a deployment's log is kept for the Check Run.
@@ -217,7 +264,7 @@ func (h *Handler) Logs(ctx context.Context, id protocol.Identity, req protocol.L
 		b.WriteByte('\n')
 	}
 	if _, err := h.DB.DB.ExecContext(ctx, `
-UPDATE deployments SET log_tail = right(log_tail || $3, $4) WHERE environment_id = $1 AND generation = $2`,
+UPDATE deployments SET log_tail = right(log_tail || $3, $4) WHERE environment_id = $1 AND generation = $2 AND agent_spec IS NOT NULL`,
 		env, req.Generation, b.String(), maxLogTail); err != nil {
 		return fmt.Errorf("record logs of environment %d: %w", env, err)
 	}
