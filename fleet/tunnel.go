@@ -43,11 +43,19 @@ SELECT a.id, a.environment_id, e.hash, e.desired_state, coalesce(a.token_hash = 
 		return tunnel.Identity{}, fmt.Errorf("authenticate agent: %w", err)
 	}
 	ident := tunnel.Identity{Agent: strconv.FormatInt(id, 10), Environment: strconv.FormatInt(env, 10)}
+	if !exchanged {
+		// The bootstrap token stays in the machine's user data, readable
+		// long after the exchange: its session is one of its own, which
+		// never replaces the agent's (the proxy keeps one session an
+		// agent, the newest).
+		ident.Agent = "bootstrap-" + ident.Agent
+		return ident, nil
+	}
 	// An environment being destroyed serves nothing: its routes are
 	// deleted before its machine goes, and an agent that reconnects in
 	// between would publish them again, to answer 502 instead of 404. It
 	// keeps its control calls, on which it takes its containers down.
-	if !exchanged || desired != store.DesiredRunning {
+	if desired != store.DesiredRunning {
 		return ident, nil
 	}
 	var spec []byte
