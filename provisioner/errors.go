@@ -29,6 +29,9 @@ var (
 	// retry with that key makes a machine: the caller moves to a new
 	// attempt, with a new key.
 	ErrKeySpent = errors.New("the machine this idempotency key names is gone")
+	// ErrUnavailable: the cloud's API failed on its side (a 5xx, an
+	// outage, maintenance). Passing: try again shortly.
+	ErrUnavailable = errors.New("the cloud's API is unavailable just now")
 )
 
 // Error is a cloud API call that failed, with the cloud's own words.
@@ -77,7 +80,7 @@ func (e *Error) Unwrap() []error {
 // Retryable reports whether err is a passing fault that may clear by itself:
 // a rate limit, a lack of capacity, or a machine that was slow to start.
 func Retryable(err error) bool {
-	return errors.Is(err, ErrRateLimited) || errors.Is(err, ErrNoCapacity) || errors.Is(err, ErrNotReady)
+	return errors.Is(err, ErrRateLimited) || errors.Is(err, ErrNoCapacity) || errors.Is(err, ErrNotReady) || errors.Is(err, ErrUnavailable)
 }
 
 // Hint says what a person can do about err, for the Check Run. It is empty
@@ -96,6 +99,8 @@ func Hint(err error) string {
 		return "check provider.size, provider.region and provider.image in .stagely.yml"
 	case errors.Is(err, ErrNotReady):
 		return "the machine was destroyed; redeploy to try again"
+	case errors.Is(err, ErrUnavailable):
+		return "the cloud's API failed on its side; Stagely will try again shortly"
 	}
 	return ""
 }

@@ -296,6 +296,11 @@ func classify(err error) error {
 		kind = provisioner.ErrBadCredentials
 	case hcloud.ErrorCodeInvalidInput, hcloud.ErrorCodeInvalidServerType:
 		kind = provisioner.ErrInvalidSpec
+	case "unavailable", hcloud.ErrorCodeServiceError, hcloud.ErrorCodeTimeout, hcloud.ErrorCodeMaintenance:
+		// hcloud-go retries only 502, 504, conflicts and rate limits: the
+		// reconciler retries these (creates are safe to repeat: the
+		// server's name is the key).
+		kind = provisioner.ErrUnavailable
 	}
 	return &provisioner.Error{Kind: kind, Code: string(he.Code), Message: he.Message, Err: err}
 }

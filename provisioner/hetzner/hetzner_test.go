@@ -3,6 +3,10 @@ package hetzner
 import (
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -219,5 +223,40 @@ func TestRateLimitIsRetriedAsOftenAsConfigured(t *testing.T) {
 	}
 	if n := count(f, "GET /servers"); n != fastRetry.Attempts {
 		t.Errorf("%d tries, want %d", n, fastRetry.Attempts)
+	}
+}
+
+// A passing failure on Hetzner's side (its docs list these codes for a
+// service briefly unavailable, an answer not given in time, maintenance)
+// is one the reconciler tries again, with a hint, not a failed deploy.
+func TestAnOutageOnHetznersSideIsRetryable(t *testing.T) {
+	for _, code := range []string{"unavailable", "service_error", "timeout", "maintenance"} {
+		t.Run(code, func(t *testing.T) {
+			f := hetznerfake.New(t)
+			f.SetBoot(0)
+			u, err := url.Parse(f.URL())
+			if err != nil {
+				t.Fatal(err)
+			}
+			rp := httputil.NewSingleHostReverseProxy(u)
+			front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodPost && r.URL.Path == "/servers" {
+					w.Header().Set("Content-Type", "application/json")
+					w.WriteHeader(http.StatusServiceUnavailable)
+					fmt.Fprintf(w, `{"error":{"code":%q,"message":"try again","details":null}}`, code)
+					return
+				}
+				rp.ServeHTTP(w, r)
+			}))
+			defer front.Close()
+			p, err := New(Config{Token: f.Token(), Endpoint: front.URL, Retry: fastRetry})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = p.Create(t.Context(), provisioner.Spec{EnvironmentID: 3, Key: "env3-1", UserData: "#cloud-config\n"})
+			if err == nil || !provisioner.Retryable(err) || provisioner.Hint(err) == "" {
+				t.Errorf("Create = %v; retryable %v, hint %q; want a retryable error with a hint", err, provisioner.Retryable(err), provisioner.Hint(err))
+			}
+		})
 	}
 }
