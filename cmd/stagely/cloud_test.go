@@ -31,6 +31,8 @@ import (
 	"github.com/stagely-dev/stagely/cmd/stagely/example"
 	"github.com/stagely-dev/stagely/provisioner"
 	"github.com/stagely-dev/stagely/provisioner/hetzner/hetznerfake"
+	"github.com/stagely-dev/stagely/reaper"
+	"github.com/stagely-dev/stagely/store/storetest"
 	"github.com/stagely-dev/stagely/tunnel"
 )
 
@@ -534,5 +536,50 @@ func TestServerHopSettingsAreChecked(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { refusedStart(t, tt.args, tt.want) })
+	}
+}
+
+// Two Stagely installations (two databases, two servers) share one cloud
+// project, each with its own --namespace: neither takes the other's
+// machine for its own, nor destroys it as an orphan.
+func TestInstallationsSharingACloudAccountKeepToTheirOwnMachines(t *testing.T) {
+	clearCloudCredentials(t)
+	ctx := t.Context()
+	f := hetznerfake.New(t)
+	t.Setenv("HCLOUD_TOKEN", f.Token())
+	provider := func(namespace string) provisioner.Provider {
+		p, err := newProvider(ctx, fleetConfig{provider: "hetzner", cloudEndpoint: f.URL(), namespace: namespace}, t.TempDir(), "stagely")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	// Both number their environments and attempts from 1.
+	pb := provider("team-b")
+	mb, err := pb.Create(ctx, provisioner.Spec{EnvironmentID: 1, Key: provisioner.Key(1, 1), UserData: "#cloud-config\n# installation B\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pa := provider("team-a")
+	ma, err := pa.Create(ctx, provisioner.Spec{EnvironmentID: 1, Key: provisioner.Key(1, 1), UserData: "#cloud-config\n# installation A\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ma.ID == mb.ID {
+		t.Fatalf("installation A's machine for its environment 1 is installation B's server %s", mb.ID)
+	}
+	// A's reaper, whose database records nothing of B's, an hour later.
+	rp, err := reaper.New(reaper.Config{DB: storetest.New(t), Provider: pa, Now: func() time.Time { return time.Now().Add(time.Hour) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := rp.Sweep(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range rep.Orphans {
+		if o.ID == mb.ID {
+			t.Errorf("installation A's orphan sweep destroyed installation B's server %s", o.ID)
+		}
 	}
 }

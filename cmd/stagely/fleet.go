@@ -52,6 +52,7 @@ type fleetConfig struct {
 	machineRegion string
 	machineImage  string
 	cloudEndpoint string
+	namespace     string
 	https         previewTLS
 	// valkeyPrefix and hop matter with several servers: a shared route
 	// table, and the hop on which a server's proxy forwards a request to
@@ -75,6 +76,7 @@ func (c *fleetConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.machineRegion, "machine-region", "", "cloud providers: region when .stagely.yml names none (AWS's configured region, fra1, fsn1 by default)")
 	fs.StringVar(&c.machineImage, "machine-image", "", "cloud providers: image when .stagely.yml names none (Ubuntu 24.04 by default)")
 	fs.StringVar(&c.cloudEndpoint, "cloud-endpoint", "", "cloud providers: the cloud API's base URL; default the cloud's own")
+	fs.StringVar(&c.namespace, "namespace", "", "cloud providers: tells this Stagely's machines from another's in the same cloud account (tags, names): two installations sharing an account must each have their own, or each destroys the other's machines as orphans; lower-case letters, digits and dashes; default "+provisioner.DefaultNamespace)
 	c.https.register(fs, "Stagely servers")
 	fs.StringVar(&c.valkeyPrefix, "valkey-prefix", routePrefix, "with --valkey-url: key prefix of the previews' route table in Valkey")
 	c.hop.register(fs, "Stagely servers")
@@ -395,11 +397,11 @@ func newProvider(ctx context.Context, fc fleetConfig, dataDir, self string) (pro
 		}
 		p, err = local.New(local.Config{Dir: filepath.Join(dataDir, "machines"), Command: cmd, Env: []string{"STAGELY_LOG_FORMAT=json"}})
 	case "aws":
-		p, err = ec2.New(ctx, ec2.Config{Region: fc.machineRegion, InstanceType: fc.machineSize, Image: fc.machineImage, Endpoint: fc.cloudEndpoint})
+		p, err = ec2.New(ctx, ec2.Config{Region: fc.machineRegion, InstanceType: fc.machineSize, Image: fc.machineImage, Endpoint: fc.cloudEndpoint, Namespace: fc.namespace})
 	case "digitalocean":
-		p, err = digitalocean.New(digitalocean.Config{Region: fc.machineRegion, Size: fc.machineSize, Image: fc.machineImage, Endpoint: fc.cloudEndpoint})
+		p, err = digitalocean.New(digitalocean.Config{Region: fc.machineRegion, Size: fc.machineSize, Image: fc.machineImage, Endpoint: fc.cloudEndpoint, Namespace: fc.namespace})
 	case "hetzner":
-		p, err = hetzner.New(hetzner.Config{Location: fc.machineRegion, ServerType: fc.machineSize, Image: fc.machineImage, Endpoint: fc.cloudEndpoint})
+		p, err = hetzner.New(hetzner.Config{Location: fc.machineRegion, ServerType: fc.machineSize, Image: fc.machineImage, Endpoint: fc.cloudEndpoint, Namespace: fc.namespace})
 	}
 	if err != nil {
 		return nil, fmt.Errorf("--provider %s: %w", fc.provider, err)
