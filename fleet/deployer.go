@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -72,6 +73,20 @@ type agentRow struct {
 	Key       string
 	MachineID string
 	State     string
+	Provider  string
+}
+
+// foreign returns an error when a was made by another provider than this
+// Deployer's (the server's --provider changed while it ran): this
+// provider can neither see nor destroy it, and retiring its row would
+// leave it running, billed, with nothing that knows of it.
+func (d *Deployer) foreign(a agentRow, env int64) error {
+	if a.Provider == "" || d.ProviderName == "" || a.Provider == d.ProviderName {
+		return nil
+	}
+	return fmt.Errorf("machine %s of environment %d was made by %s, and this server makes %s machines: "+
+		"run a server with --provider %s until it is destroyed (close the pull request), or destroy it by hand and retire its row",
+		cmp.Or(a.MachineID, a.Key), env, a.Provider, d.ProviderName, a.Provider)
 }
 
 // machine returns the environment's live machine, provisioning one if it
@@ -80,8 +95,8 @@ type agentRow struct {
 func (d *Deployer) machine(ctx context.Context, t reconciler.Target, size, region, image string) (agentRow, error) {
 	var a agentRow
 	err := d.DB.DB.QueryRowContext(ctx, `
-SELECT id, key, machine_id, state FROM agents WHERE environment_id = $1 AND destroyed_at IS NULL ORDER BY id DESC LIMIT 1`,
-		t.EnvironmentID).Scan(&a.ID, &a.Key, &a.MachineID, &a.State)
+SELECT id, key, machine_id, state, provider FROM agents WHERE environment_id = $1 AND destroyed_at IS NULL ORDER BY id DESC LIMIT 1`,
+		t.EnvironmentID).Scan(&a.ID, &a.Key, &a.MachineID, &a.State, &a.Provider)
 	if errors.Is(err, sql.ErrNoRows) {
 		var attempt int64
 		if err := d.DB.DB.QueryRowContext(ctx, `SELECT coalesce(max(attempt), 0) + 1 FROM agents WHERE environment_id = $1`,
@@ -96,6 +111,9 @@ RETURNING id, machine_id, state`, t.EnvironmentID, attempt, a.Key, d.ProviderNam
 	}
 	if err != nil {
 		return a, fmt.Errorf("machine of environment %d: %w", t.EnvironmentID, err)
+	}
+	if err := d.foreign(a, t.EnvironmentID); err != nil {
+		return a, err
 	}
 	if a.State == "running" && a.MachineID != "" {
 		st, err := d.Provider.State(ctx, a.MachineID)
@@ -358,19 +376,24 @@ func (d *Deployer) logTail(ctx context.Context, env, gen int64) string {
 // time does not keep the machine alive: the machine goes regardless.
 func (d *Deployer) Destroy(ctx context.Context, t reconciler.Target) error {
 	var machines []agentRow
-	rows, err := d.DB.DB.QueryContext(ctx, `SELECT id, key, machine_id, state FROM agents WHERE environment_id = $1 AND destroyed_at IS NULL`, t.EnvironmentID)
+	rows, err := d.DB.DB.QueryContext(ctx, `SELECT id, key, machine_id, state, provider FROM agents WHERE environment_id = $1 AND destroyed_at IS NULL`, t.EnvironmentID)
 	if err != nil {
 		return fmt.Errorf("machines of environment %d: %w", t.EnvironmentID, err)
 	}
 	for rows.Next() {
 		var a agentRow
-		if err := rows.Scan(&a.ID, &a.Key, &a.MachineID, &a.State); err != nil {
+		if err := rows.Scan(&a.ID, &a.Key, &a.MachineID, &a.State, &a.Provider); err != nil {
 			rows.Close()
 			return err
 		}
 		machines = append(machines, a)
 	}
 	rows.Close()
+	for _, a := range machines {
+		if err := d.foreign(a, t.EnvironmentID); err != nil {
+			return err
+		}
+	}
 	if len(machines) == 0 {
 		return nil
 	}

@@ -268,3 +268,37 @@ func TestAStoppedMachineIsReplaced(t *testing.T) {
 			mid, c.state[mid], c.state["m-1"])
 	}
 }
+
+// The operator moves the server to another provider while previews run.
+// The new provider can neither see nor destroy the old one's machines: a
+// destroy or a push must say so, and keep the row, not retire it and
+// leave the machine running with nothing that knows of it.
+func TestAMachineOfAnotherProviderIsNeitherForgottenNorReplaced(t *testing.T) {
+	old := newCloud()
+	d, cfg, target := cloudDeployer(t, old)
+	d.ProviderName = "hetzner"
+	if err := deployOnce(t, d, cfg, target, 1); err != nil {
+		t.Fatal(err)
+	}
+	other := newCloud()
+	moved := *d
+	moved.Provider, moved.ProviderName = other, "digitalocean"
+
+	if err := deployOnce(t, &moved, cfg, target, 2); err == nil || !strings.Contains(err.Error(), "made by hetzner") {
+		t.Errorf("a push after the move: %v, want an error naming the machine's provider", err)
+	}
+	if _, err := d.DB.Exec(`UPDATE environments SET desired_state = 'destroyed', desired_generation = 3`); err != nil {
+		t.Fatal(err)
+	}
+	if err := moved.Destroy(context.Background(), target); err == nil || !strings.Contains(err.Error(), "--provider hetzner") {
+		t.Errorf("a destroy after the move: %v, want an error saying which provider can destroy the machine", err)
+	}
+	var live int
+	if err := d.DB.QueryRow(`SELECT count(*) FROM agents WHERE destroyed_at IS NULL`).Scan(&live); err != nil {
+		t.Fatal(err)
+	}
+	if live != 1 || len(old.alive()) != 1 || len(other.alive()) != 0 {
+		t.Errorf("after the move: %d live rows, machines at the old provider %v and at the new %v; want the old machine kept on record and none made",
+			live, old.alive(), other.alive())
+	}
+}
