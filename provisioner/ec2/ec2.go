@@ -212,7 +212,14 @@ func (p *Provider) Create(ctx context.Context, spec provisioner.Spec) (provision
 	if err != nil {
 		err = classify(err)
 		if code(err) == "IdempotentParameterMismatch" {
-			err = fmt.Errorf("idempotency key %s was used before with a different spec; a retried create must send the same spec, a new machine needs a new attempt: %w", spec.Key, err)
+			// The key's instance was made from another spec: by a build of
+			// Stagely whose user data differed (an upgrade while it booted).
+			// No create with this spec reaches it, and nothing would use
+			// it: it goes, and the key is spent.
+			if derr := p.destroyKey(ctx, spec.Key); derr != nil {
+				return fail(fmt.Errorf("idempotency key %s was used before with a different spec, and its instance could not be destroyed: %w", spec.Key, errors.Join(err, derr)))
+			}
+			return fail(fmt.Errorf("idempotency key %s was used before with a different spec (%w); its instance is destroyed: %w", spec.Key, err, provisioner.ErrKeySpent))
 		}
 		return fail(err)
 	}
@@ -224,6 +231,22 @@ func (p *Provider) Create(ctx context.Context, spec provisioner.Spec) (provision
 		return fail(fmt.Errorf("idempotency key %s belongs to instance %s, which is %s: %w", spec.Key, m.ID, m.State, provisioner.ErrKeySpent))
 	}
 	return m, nil
+}
+
+// destroyKey destroys the instances of this namespace that key names.
+func (p *Provider) destroyKey(ctx context.Context, key string) error {
+	ms, err := p.List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, m := range ms {
+		if m.Key == key {
+			if err := p.Destroy(ctx, m.ID); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // tags returns Stagely's tags and the caller's, sorted so that a retried

@@ -172,20 +172,25 @@ func TestRegionWithoutADefaultVPCIsToldAsSuch(t *testing.T) {
 	}
 }
 
-func TestRetriedCreateWithAnotherSpecIsRefused(t *testing.T) {
+// A create retried with another spec (a new build of Stagely took over
+// while the machine booted: another agent URL and checksum in the user
+// data) cannot reach the key's instance, and nothing would use it: the
+// instance is destroyed and the key spent, so that the deployer moves to
+// a new attempt instead of failing every push for good.
+func TestRetriedCreateWithAnotherSpecSpendsTheKey(t *testing.T) {
 	f := newFakeCloud(t)
 	p := newProvider(t, f, f.secret)
 	if _, err := p.Create(t.Context(), spec(5, 1)); err != nil {
 		t.Fatal(err)
 	}
 	s := spec(5, 1)
-	s.UserData += "# a new bootstrap token\n"
+	s.UserData += "# a new build's agent\n"
 	_, err := p.Create(t.Context(), s)
-	if err == nil || !strings.Contains(err.Error(), "IdempotentParameterMismatch") || !strings.Contains(err.Error(), "same spec") {
-		t.Fatalf("err = %v", err)
+	if !errors.Is(err, provisioner.ErrKeySpent) || !strings.Contains(err.Error(), "IdempotentParameterMismatch") {
+		t.Fatalf("err = %v, want ErrKeySpent naming the mismatch", err)
 	}
-	if n := len(f.Live()); n != 1 {
-		t.Errorf("%d machines", n)
+	if n := len(f.Live()); n != 0 {
+		t.Errorf("%d instances of the spent key left running", n)
 	}
 }
 

@@ -81,3 +81,55 @@ func TestEnvironmentRecoversAfterAMachineTooSlowToBoot(t *testing.T) {
 		t.Fatalf("after a crash that left the spent key recorded, the preview gets no machine: %v", err)
 	}
 }
+
+// Stagely is upgraded (a new agent binary: another URL and checksum in the
+// user data) while a machine boots: the old server stops before it has
+// recorded the instance. The new build must get the preview a machine,
+// and leave none of the old build's running.
+func TestAnUpgradeWhileAMachineBootsLeavesThePreviewAMachine(t *testing.T) {
+	f := newFakeCloud(t)
+	f.SetBoot(-1) // still pending when the old server stops
+	p := newProvider(t, f, f.secret)
+	db := storetest.New(t)
+	deployer := func(agentSHA string) *fleet.Deployer {
+		return &fleet.Deployer{
+			DB: db, Bus: kv.NewMemory(), Provider: p, ProviderName: "aws", Secret: []byte("0123456789abcdef0123456789abcdef"),
+			Boot: provisioner.CloudInit{ServerURL: "https://stagely.example", ProxyAddr: "proxy.example:7443",
+				AgentURL: "https://stagely.example/agent/" + agentSHA + "/stagely", AgentSHA256: agentSHA},
+			PreviewHost:  func(hash, name string, first bool) string { return hash + ".preview.example" },
+			PreviewURL:   func(host string) string { return "https://" + host },
+			Launch:       provisioner.Wait{Timeout: 5 * time.Second, Interval: 10 * time.Millisecond},
+			AgentTimeout: 100 * time.Millisecond, Recheck: 20 * time.Millisecond,
+		}
+	}
+	in := store.PullRequestIntent{Repo: store.RepoRef{InstallationID: 1, RepositoryID: 2, Owner: "o", Name: "r"},
+		PRNumber: 1, HeadSHA: "deadbeef", Desired: store.DesiredRunning, UpdatedAt: time.Now()}
+	env, _, err := store.DeliverPullRequest(context.Background(), db, store.Delivery{ID: "d1", Event: "pull_request"}, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := repoconfig.Parse([]byte("version: 1\npreviews:\n  - name: web\n    service: web\n    port: 8080\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := reconciler.Target{EnvironmentID: env, InstallationID: 1, Owner: "o", Repo: "r", PR: 1, Hash: "abc123"}
+	deploy := func(d *fleet.Deployer, within time.Duration) error {
+		ctx, cancel := context.WithTimeout(context.Background(), within)
+		defer cancel()
+		_, err := d.Deploy(ctx, reconciler.DeployRequest{Target: target, SHA: "deadbeef", Generation: 1, Config: cfg}, func([]checks.Step) {})
+		var de *reconciler.DeployError
+		if errors.As(err, &de) && de.Step == fleet.StepProvision {
+			return de
+		}
+		return nil
+	}
+	// The old build is stopped (its context ends) while Launch waits.
+	_ = deploy(deployer(strings.Repeat("a", 64)), 200*time.Millisecond)
+	f.SetBoot(0)
+	if err := deploy(deployer(strings.Repeat("b", 64)), time.Second); err != nil {
+		t.Fatalf("after the upgrade the preview gets no machine: %v", err)
+	}
+	if n := len(f.Live()); n != 1 {
+		t.Errorf("%d instances running for one preview, want 1: the old build's was left", n)
+	}
+}
