@@ -52,6 +52,9 @@ type Agent struct {
 	mu      sync.Mutex
 	cur     *agentSession
 	changed chan struct{} // closed and replaced whenever cur changes
+	// renews counts Renew calls: a session dialled before the last one
+	// may hold grants older than it asked for.
+	renews uint64
 }
 
 type agentSession struct {
@@ -124,6 +127,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	attempt := 0
 	for ctx.Err() == nil {
 		started := time.Now()
+		renews := a.renewCount()
 		sess, err := a.connect(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -140,8 +144,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			sleep(ctx, delay)
 			continue
 		}
+		if !a.setCurrentUnlessRenewed(sess, renews) {
+			// Renew was asked while this session was being made: its
+			// grants may predate the request.
+			sess.mux.Close()
+			continue
+		}
 		a.log.Info().Str("agent", sess.welcome.Agent).Strs("hostnames", sess.welcome.Hostnames).Msg("connected to the proxy")
-		a.setCurrent(sess)
 		// Streams and heartbeats first: OnConnect may be slow (it logs,
 		// or writes to a terminal), and the proxy may open streams at once.
 		go a.acceptLoop(ctx, sess)
@@ -285,12 +294,25 @@ func (a *Agent) connect(ctx context.Context) (*agentSession, error) {
 	}, nil
 }
 
-func (a *Agent) setCurrent(s *agentSession) {
+// setCurrentUnlessRenewed makes s the current session, unless Renew was
+// called since renews was read (before s was dialled). One lock holds
+// both, so a Renew either finds s current or refuses it here.
+func (a *Agent) setCurrentUnlessRenewed(s *agentSession, renews uint64) bool {
 	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.renews != renews {
+		return false
+	}
 	a.cur = s
 	close(a.changed)
 	a.changed = make(chan struct{})
-	a.mu.Unlock()
+	return true
+}
+
+func (a *Agent) renewCount() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.renews
 }
 
 func (a *Agent) clearCurrent(s *agentSession) {
@@ -323,10 +345,12 @@ func (a *Agent) Welcome() (Welcome, bool) {
 // again at once and the old session finishes its streams, as after the
 // proxy's GoAway. The proxy grants hostnames at the handshake, so this is
 // how an agent takes up hostnames granted since it connected (a
-// deployment that adds a preview). Until the new session is accepted,
+// deployment that adds a preview). A session being made when Renew is
+// called is made again too. Until the new session is accepted,
 // OpenControl waits for it and Welcome reports none.
 func (a *Agent) Renew() {
 	a.mu.Lock()
+	a.renews++
 	s := a.cur
 	if s != nil {
 		a.cur = nil

@@ -225,6 +225,8 @@ func TestPipeEndsWhenTheProxyClosedAndTheServiceIsSilent(t *testing.T) {
 type grantsAuth struct {
 	mu    sync.Mutex
 	hosts []string
+	// answered, if set, is told of each identity given.
+	answered chan []string
 }
 
 func (g *grantsAuth) Authenticate(_ context.Context, token string) (Identity, error) {
@@ -233,6 +235,9 @@ func (g *grantsAuth) Authenticate(_ context.Context, token string) (Identity, er
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.answered != nil {
+		g.answered <- slices.Clone(g.hosts)
+	}
 	return Identity{Agent: idA.Agent, Environment: idA.Environment, Hostnames: slices.Clone(g.hosts)}, nil
 }
 
@@ -272,5 +277,27 @@ func TestAgentRenewTakesUpHostnamesGrantedSince(t *testing.T) {
 	case <-old.Done():
 	case <-time.After(3 * time.Second):
 		t.Error("the old session is still open 3 s after the renew")
+	}
+}
+
+// A Renew while a session is being made (its grants already given, the
+// agent not yet told) must not be lost: that session's grants predate it.
+func TestAgentRenewDuringAHandshakeIsNotLost(t *testing.T) {
+	auth := &grantsAuth{hosts: []string{"a.preview.test"}, answered: make(chan []string, 16)}
+	ts := startServer(t, ServerConfig{Authenticator: auth})
+	ta := startAgent(t, ts, "token-a", echoHandler())
+	<-auth.answered // the proxy has its grants; the agent is not told yet
+	auth.grant("a.preview.test", "a-api.preview.test")
+	ta.Renew()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if s, ok := ts.Lookup(idA.Agent); ok && s.Identity().Allows("a-api.preview.test") {
+			return
+		}
+		if time.Now().After(deadline) {
+			wel, _ := ta.Welcome()
+			t.Fatalf("5 s after a Renew during the handshake, the agent's grants are %v", wel.Hostnames)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
