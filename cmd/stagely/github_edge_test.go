@@ -71,12 +71,18 @@ func TestUninstallDuringADeployDestroysTheMachine(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("deploy did not start")
 	}
-	env := w.environment(pr.Number)
+	uninstall(t, w, revoked, d, pr.Number)
+}
 
+// uninstall removes the App while pr's preview lives: GitHub refuses
+// every call from then on. The machine must still be destroyed, and the
+// environment settle as destroyed.
+func uninstall(t *testing.T, w *world, revoked *atomic.Bool, d *reconcilertest.Deployer, pr int) {
+	t.Helper()
 	revoked.Store(true)
-	w.hook("installation", installationDeleted(env.InstallationID))
+	w.hook("installation", installationDeleted(w.environment(pr).InstallationID))
 	eventually(t, 10*time.Second, func() (bool, string) {
-		e := w.environment(pr.Number)
+		e := w.environment(pr)
 		return len(d.Destroys()) > 0 && e.ObservedState == "destroyed", fmt.Sprintf("after the uninstall: %d Destroy calls, environment desired=%s observed=%s attempts=%d last_error=%q",
 			len(d.Destroys()), e.DesiredState, e.ObservedState, e.Attempts, e.LastError)
 	})
@@ -97,15 +103,7 @@ func TestUninstallDestroysARunningPreview(t *testing.T) {
 	w.serve(d, 2)
 	pr := w.openPR("feature")
 	w.completed(pr.SHA, "success", 5*time.Second)
-	env := w.environment(pr.Number)
-
-	revoked.Store(true)
-	w.hook("installation", installationDeleted(env.InstallationID))
-	eventually(t, 10*time.Second, func() (bool, string) {
-		e := w.environment(pr.Number)
-		return len(d.Destroys()) > 0 && e.ObservedState == "destroyed", fmt.Sprintf("after the uninstall: %d Destroy calls, environment desired=%s observed=%s attempts=%d last_error=%q",
-			len(d.Destroys()), e.DesiredState, e.ObservedState, e.Attempts, e.LastError)
-	})
+	uninstall(t, w, revoked, d, pr.Number)
 }
 
 // The in-progress Check Run offers Destroy ("stop the deploy and tear
