@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -34,6 +36,11 @@ type benchPath struct {
 	backend string // direct
 	proxy   string // proxy + tunnel
 	stock   string // stock one-hop ReverseProxy over plain TCP
+	// relay is a bare TCP relay in front of the stock proxy: the cheapest
+	// path with as many hops as proxy + tunnel, which no two-hop path can
+	// beat, so the latency lines say how much of their gap to the stock
+	// one hop is the hop itself.
+	relay string
 }
 
 func setupBenchPath(b *testing.B) benchPath {
@@ -50,7 +57,33 @@ func setupBenchPath(b *testing.B) benchPath {
 	srv := &http.Server{Handler: stock}
 	go srv.Serve(ln)
 	b.Cleanup(func() { srv.Close() })
-	return benchPath{backend: be.addr, proxy: n.public, stock: ln.Addr().String()}
+	return benchPath{backend: be.addr, proxy: n.public, stock: ln.Addr().String(),
+		relay: bareRelay(b, ln.Addr().String())}
+}
+
+// bareRelay listens for connections and copies each to and from a
+// connection of its own to addr, with no parsing, no TLS and no pool.
+func bareRelay(b *testing.B, addr string) string {
+	ln := listen(b)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				d, err := net.Dial("tcp", addr)
+				if err != nil {
+					return
+				}
+				defer d.Close()
+				go io.Copy(d, c)
+				io.Copy(c, d)
+			}()
+		}
+	}()
+	return ln.Addr().String()
 }
 
 // BenchmarkRequestsPerSecond: small responses over 64 keep-alive
@@ -87,14 +120,14 @@ func BenchmarkLatencyAtFixedRate(b *testing.B) {
 	p := setupBenchPath(b)
 	const rate = 1000
 	// Many short slices, alternating between the paths, so that a pause of
-	// the machine (a GC, another process on its two cores) falls on both
+	// the machine (a GC, another process on its two cores) falls on all
 	// alike: 180 slices of 100 ms per path, a p99 over 18,000 requests.
 	const (
 		rounds = 180
 		slice  = 100 * time.Millisecond
 	)
-	lat := latencyFromChild(b, []string{p.proxy, p.stock}, rate, rounds, slice)
-	tun, stock := lat[0], lat[1]
+	lat := latencyFromChild(b, []string{p.proxy, p.stock, p.relay}, rate, rounds, slice)
+	tun, stock, floor := lat[0], lat[1], lat[2]
 	for _, q := range []struct {
 		name string
 		p    float64
@@ -105,13 +138,20 @@ func BenchmarkLatencyAtFixedRate(b *testing.B) {
 		{"p50", 0.50, nil},
 		{"p99", 0.99, map[string]any{"goal_ratio_max": 1.0}},
 	} {
-		t, s := percentile(tun, q.p), percentile(stock, q.p)
+		t, s, f := percentile(tun, q.p), percentile(stock, q.p), percentile(floor, q.p)
 		lo, hi := ratioInterval(tun, stock, rounds, q.p, 400, rand.New(rand.NewPCG(1, 2)))
+		flo, fhi := ratioInterval(floor, stock, rounds, q.p, 400, rand.New(rand.NewPCG(3, 4)))
 		extra := map[string]any{
 			"baseline_is": "stock one-hop httputil.ReverseProxy over plain TCP",
 			"requests":    len(tun),
 			"load_from":   "another process, 64 keep-alive connections per path",
 			"ratio_ci90":  []float64{round(lo), round(hi)},
+			// The same stock proxy behind a bare TCP relay: one more hop
+			// that does no work, the least any two-hop path costs.
+			"two_hop_floor_ms":         ms(f),
+			"two_hop_floor_ratio":      f.Seconds() / s.Seconds(),
+			"two_hop_floor_ratio_ci90": []float64{round(flo), round(fhi)},
+			"ratio_to_two_hop_floor":   t.Seconds() / f.Seconds(),
 		}
 		maps.Copy(extra, q.goal)
 		report(b, "proxy_tunnel_latency_"+q.name+"_at_1000rps", ms(t), "ms", ms(s), extra)
