@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/stagely-dev/stagely/tunnel"
@@ -122,9 +123,16 @@ func (p *Proxy) newTunnelProxy() (*httputil.ReverseProxy, *fastTransport) {
 	tr := newFastTransport(slow, p.dialTunnel, max(2, p.cfg.Tunnel.StreamCap()/2), slow.IdleConnTimeout,
 		slow.MaxResponseHeaderBytes, slow.ResponseHeaderTimeout)
 	rp := &httputil.ReverseProxy{
-		Rewrite:      rewriteToTunnel,
-		Transport:    tr,
-		BufferPool:   p.bufs,
+		Rewrite:    rewriteToTunnel,
+		Transport:  tr,
+		BufferPool: p.bufs,
+		// The refusal header is the hop listener's word to the sending
+		// node: from a preview, it would turn its own answer across the
+		// hop into the 502 page and a warning blaming the nodes' secrets.
+		ModifyResponse: func(resp *http.Response) error {
+			resp.Header.Del(hopRefusedHeader)
+			return nil
+		},
 		ErrorHandler: p.proxyError,
 		ErrorLog:     p.errorLog,
 	}
@@ -147,6 +155,14 @@ func setForwarded(pr *httputil.ProxyRequest, trusted bool) {
 	h.Del("Forwarded")
 	h.Del("X-Real-Ip")
 	h.Del(hopHeader)
+	// ReverseProxy drops only For, Host and Proto; frameworks trust more
+	// of the family (Port, Prefix, Ssl, Scheme), which a client could
+	// then set for the proxy. Keys are canonical: net/http made them so.
+	for k := range h {
+		if strings.HasPrefix(k, "X-Forwarded-") {
+			delete(h, k)
+		}
+	}
 	if trusted {
 		for _, k := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
 			if v, ok := pr.In.Header[k]; ok {

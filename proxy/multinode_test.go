@@ -323,6 +323,36 @@ func TestHopRefusalIsA502AndAWarning(t *testing.T) {
 	}
 }
 
+// TestPreviewCannotForgeTheHopRefusal: a preview whose responses carry
+// the hop listener's refusal header (it runs a pull request's code) is
+// still served across the hop, as it is on the node that holds its agent,
+// and no warning blames the nodes' secrets or clocks.
+func TestPreviewCannotForgeTheHopRefusal(t *testing.T) {
+	store1 := openValkey(t)
+	store2 := &Valkey{c: store1.c, prefix: store1.prefix}
+	n1 := startNode(t, nodeOpts{routes: store1, multi: true})
+	logs := &recorder{}
+	n2 := startNode(t, nodeOpts{routes: store2, multi: true, ca: n1.ca,
+		tweak: func(c *Config) { c.Logger = zerolog.New(logs).Level(zerolog.WarnLevel) }})
+	ln := listen(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(hopRefusedHeader, "1")
+		io.WriteString(w, "preview page")
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	agentFor(t, n1, "token-a", ln.Addr().String())
+	for _, n := range []*node{n1, n2} {
+		status, body := get(t, client(n.public), "http://"+hostA+"/")
+		if status != 200 || body != "preview page" {
+			t.Errorf("via %s: %d %.40q, want the preview's page", n.public, status, body)
+		}
+	}
+	if strings.Contains(string(logs.bytes()), "internal hop") {
+		t.Errorf("a preview's header made node 2 warn about the hop:\n%s", logs.bytes())
+	}
+}
+
 // startRedis runs a private redis-server on addr, without persistence, so
 // that a test can take it away as an outage would.
 func startRedis(t *testing.T, addr string) (stop func()) {

@@ -96,6 +96,53 @@ func TestForwardedAndHopByHopHeaders(t *testing.T) {
 	}
 }
 
+// TestClientForwardingHeadersNeverReachThePreview: X-Forwarded-* names a
+// family, and frameworks read more of it than For, Host and Proto (Rack
+// takes the scheme from X-Forwarded-Ssl and X-Forwarded-Scheme, Spring the
+// base path from X-Forwarded-Prefix): a visitor who sends any of them must
+// not speak for the proxy, whichever path the request takes.
+func TestClientForwardingHeadersNeverReachThePreview(t *testing.T) {
+	store1 := openValkey(t)
+	store2 := &Valkey{c: store1.c, prefix: store1.prefix}
+	n1 := startNode(t, nodeOpts{routes: store1, multi: true})
+	n2 := startNode(t, nodeOpts{routes: store2, multi: true, ca: n1.ca})
+	agentFor(t, n1, "token-a", backend(t).addr)
+	forged := []string{"X-Forwarded-Port", "X-Forwarded-Prefix", "X-Forwarded-Ssl",
+		"X-Forwarded-Scheme", "X-Forwarded-Server", "X-Forwarded-Protocol"}
+	tests := []struct {
+		name, via, method, body string
+	}{
+		{"a request without a body (fast path)", n1.public, "GET", ""},
+		{"a request with a body", n1.public, "POST", "x"},
+		{"a request across the internal hop", n2.public, "GET", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, _ := http.NewRequest(tt.method, "http://"+hostA+"/headers", strings.NewReader(tt.body))
+			for _, k := range forged {
+				req.Header.Set(k, "forged")
+			}
+			resp, err := client(tt.via).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var got struct{ Header http.Header }
+			if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range forged {
+				if v := got.Header.Values(k); len(v) > 0 {
+					t.Errorf("%s = %q reached the preview", k, v)
+				}
+			}
+			if v := got.Header.Get("X-Forwarded-Proto"); v != "http" {
+				t.Errorf("X-Forwarded-Proto = %q, want the proxy's own", v)
+			}
+		})
+	}
+}
+
 func TestStaticRouteFile(t *testing.T) {
 	// Some editors start a file with a byte-order mark.
 	good := "\ufeff" + `# standalone routes
