@@ -423,7 +423,6 @@ func (a *Agent) serveStream(ctx context.Context, s *agentSession, st *yamux.Stre
 		return
 	}
 	conn := acceptedConn(st, func() { <-s.slots })
-	conn.closeWait = a.cfg.Tunnel.StreamCloseTimeout
 	_ = st.SetReadDeadline(time.Now().Add(a.cfg.Tunnel.HandshakeTimeout))
 	t, text, err := readStreamHeader(st)
 	_ = st.SetReadDeadline(time.Time{})

@@ -220,6 +220,58 @@ func TestPipeEndsWhenTheProxyClosedAndTheServiceIsSilent(t *testing.T) {
 	}
 }
 
+// TestAgentStopsTheServiceWhenTheProxyClosesAStream: a visitor who starts
+// a large download and hangs up makes the proxy close the stream. The
+// service goes on writing; what the agent would forward could only wait in
+// the proxy's memory until its close timeout, in a window that no stream
+// slot accounts for any more, so that visitors repeating it could exhaust
+// the proxy. The agent closes the service's connection at once instead.
+func TestAgentStopsTheServiceWhenTheProxyClosesAStream(t *testing.T) {
+	svc, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	stopped := make(chan time.Time, 1)
+	go func() {
+		c, err := svc.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		// An endless download that heeds nothing but a failed write.
+		chunk := make([]byte, 32<<10)
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				stopped <- time.Now()
+				return
+			}
+		}
+	}()
+	tun := fastTunnel()
+	tun.StreamCloseTimeout = 30 * time.Second
+	ts := startServer(t, ServerConfig{Tunnel: tun})
+	startAgent(t, ts, "token-a", &Forward{Targets: map[string]string{"a.preview.test": svc.Addr().String()}},
+		func(c *AgentConfig) { c.Tunnel = tun })
+	sess := waitSession(t, ts, idA.Agent, 0)
+	c, err := sess.OpenPreview(ctxT(t, 5*time.Second), "a.preview.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "GET /big HTTP/1.1\r\nHost: a.preview.test\r\n\r\n")
+	if _, err := io.ReadFull(c, make([]byte, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	closed := time.Now()
+	c.Close() // the visitor went away
+	select {
+	case at := <-stopped:
+		t.Logf("the service's write failed %s after the proxy closed the stream", at.Sub(closed))
+	case <-time.After(3 * time.Second):
+		t.Fatal("3 s after the proxy closed the stream (close timeout 30 s) the service was still sending into it")
+	}
+}
+
 // grantsAuth is an Authenticator whose grants can change, as a server's
 // do when a deployment adds a preview.
 type grantsAuth struct {

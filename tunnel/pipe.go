@@ -14,17 +14,16 @@ const copyBufSize = 128 << 10
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 
-// Pipe copies a to b and b to a until both directions end, then closes
-// both. A direction that reaches EOF half-closes its destination (so
-// request bodies and responses can end independently); a write error or a
-// read error other than EOF in either direction closes both at once, so
-// neither side waits on a peer that is gone.
-//
-// When a is a tunnel stream whose peer ends its side, b has the peer's
-// close timeout to finish: the peer resets the stream after it, and
-// nothing says so here until a write fails. A service that keeps its end
-// open without a word would otherwise hold the stream, its slot and the
-// connection for ever.
+// Pipe copies a, a tunnel stream, to b, the service's connection, and b
+// to a, until both directions end, then closes both. When the service
+// ends its side (EOF), the stream is half-closed, so a response that runs
+// to the connection's close reaches its end. When the proxy ends its side,
+// it is done with the stream (its client went away, or the connection's
+// exchange is over: it never half-closes one it still reads), so both
+// close at once: what the service would go on sending could only wait in
+// the proxy's memory, in a window no stream slot accounts for any more,
+// until the proxy's close timeout resets the stream. A read error other
+// than EOF and a write error in either direction also close both.
 func Pipe(a, b net.Conn) {
 	var once sync.Once
 	abort := func() {
@@ -36,26 +35,20 @@ func Pipe(a, b net.Conn) {
 			b.Close()
 		})
 	}
-	var closeWait time.Duration
-	if s, ok := a.(interface{ peerCloseWait() time.Duration }); ok {
-		closeWait = s.peerCloseWait()
-	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if oneWay(b, a, abort) && closeWait > 0 {
-			_ = b.SetReadDeadline(time.Now().Add(closeWait))
-		}
+		oneWay(b, a, abort, abort)
 	}()
-	oneWay(a, b, abort)
+	oneWay(a, b, abort, func() { closeWrite(a) })
 	<-done
 	a.Close()
 	b.Close()
 }
 
-// oneWay copies src to dst with a pooled buffer. It reports whether src
-// ended with EOF.
-func oneWay(dst, src net.Conn, abort func()) bool {
+// oneWay copies src to dst with a pooled buffer, and calls eof when src
+// ends with EOF, abort on any other error.
+func oneWay(dst, src net.Conn, abort, eof func()) {
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
@@ -64,16 +57,16 @@ func oneWay(dst, src net.Conn, abort func()) bool {
 		if n > 0 {
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				abort()
-				return false
+				return
 			}
 		}
 		if rerr != nil {
 			if errors.Is(rerr, io.EOF) {
-				closeWrite(dst)
-				return true
+				eof()
+				return
 			}
 			abort()
-			return false
+			return
 		}
 	}
 }

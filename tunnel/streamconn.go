@@ -17,13 +17,7 @@ type streamConn struct {
 	header  []byte
 	release func()
 	closed  atomic.Bool
-	// closeWait is how long the peer still takes bytes after it ended its
-	// side of the stream (its yamux close timeout; zero: unknown).
-	closeWait time.Duration
 }
-
-// peerCloseWait is closeWait, for Pipe.
-func (s *streamConn) peerCloseWait() time.Duration { return s.closeWait }
 
 func newStreamConn(c net.Conn, t StreamType, text string, release func()) *streamConn {
 	h := make([]byte, 2+len(text))
