@@ -122,7 +122,14 @@ RETURNING id, machine_id, state`, t.EnvironmentID, attempt, a.Key, d.ProviderNam
 			// retire a live machine and make a second one.
 			return a, fmt.Errorf("state of machine %s of environment %d: %w", a.MachineID, t.EnvironmentID, err)
 		}
-		if !st.Gone() {
+		if st == provisioner.StateStopped {
+			// Powered off (its guest shut down, its host stopped; a local
+			// machine's agent process ended): no agent will answer on it.
+			// It goes, and a new attempt takes its place.
+			if err := d.Provider.Destroy(ctx, a.MachineID); err != nil {
+				return a, fmt.Errorf("destroy stopped machine %s of environment %d: %w", a.MachineID, t.EnvironmentID, err)
+			}
+		} else if !st.Gone() {
 			return a, nil
 		}
 		// The machine died under us: retire it and start a new attempt.

@@ -273,3 +273,32 @@ func TestAMachineOfAnotherProviderIsNeitherForgottenNorReplaced(t *testing.T) {
 			live, old.alive(), other.alive())
 	}
 }
+
+// A machine that powered off (its guest shut down, its host stopped) has
+// no agent to answer: the next push replaces it, and it is destroyed, not
+// left billed.
+func TestAStoppedMachineIsReplaced(t *testing.T) {
+	c := newCloud()
+	d, cfg, target := cloudDeployer(t, c)
+	if err := deployOnce(t, d, cfg, target, 1); err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	for id := range c.state {
+		c.state[id] = provisioner.StateStopped
+	}
+	c.mu.Unlock()
+	if err := deployOnce(t, d, cfg, target, 2); err != nil {
+		t.Fatal(err)
+	}
+	var mid string
+	if err := d.DB.QueryRow(`SELECT machine_id FROM agents WHERE destroyed_at IS NULL`).Scan(&mid); err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state[mid] != provisioner.StateRunning || c.state["m-1"] != provisioner.StateTerminated {
+		t.Errorf("after a push, the environment's machine is %s (%s) and the stopped one %s; want a new running machine and the stopped one destroyed",
+			mid, c.state[mid], c.state["m-1"])
+	}
+}
