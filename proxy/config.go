@@ -73,6 +73,12 @@ type Config struct {
 	// ResponseHeaderTimeout bounds the wait for a preview's response
 	// headers. Default 0: none (long polls are legitimate).
 	ResponseHeaderTimeout time.Duration
+	// SlotWait bounds a request's wait for a stream of its preview's
+	// session when every one is taken (long-lived connections, such as
+	// WebSockets and event streams, each hold one): past it the visitor
+	// gets a 503 page that says the preview is busy, instead of a page
+	// that never loads. Default 10 s.
+	SlotWait time.Duration
 
 	// WrapPlainHTTP, if set, wraps the handler Serve uses: for example
 	// certs.Manager.HTTPHandler, which answers ACME HTTP-01 challenges.
@@ -117,6 +123,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxHeaderBytes <= 0 {
 		c.MaxHeaderBytes = 64 << 10
+	}
+	if c.SlotWait <= 0 {
+		c.SlotWait = 10 * time.Second
 	}
 	return c
 }

@@ -175,22 +175,33 @@ func setForwarded(pr *httputil.ProxyRequest, trusted bool) {
 }
 
 // dialTunnel opens a preview stream on the request's session. When every
-// stream slot is taken it first drops idle pooled connections, which hold
-// slots, then waits for one.
+// stream slot is taken it drops idle pooled connections, which hold slots,
+// and tries again, until Config.SlotWait has passed: a stream that a
+// finished request gives back goes to the pool, not to the waiter, so
+// waiting on the slots alone could last until the pool's idle timeout.
 func (p *Proxy) dialTunnel(ctx context.Context, _, addr string) (net.Conn, error) {
 	t, _ := ctx.Value(targetKey{}).(*target)
 	if t == nil {
 		return nil, fmt.Errorf("dial %s: no tunnel target in context", addr)
 	}
-	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-	c, err := t.sess.OpenPreview(short, t.host)
-	cancel()
-	if err == nil || !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
-		return c, err
+	deadline := time.Now().Add(p.cfg.SlotWait)
+	for {
+		short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		c, err := t.sess.OpenPreview(short, t.host)
+		cancel()
+		if err == nil || !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+			return c, err
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%w: %w", errPreviewBusy, err)
+		}
+		p.tr.CloseIdleConnections()
 	}
-	p.tr.CloseIdleConnections()
-	return t.sess.OpenPreview(ctx, t.host)
 }
+
+// errPreviewBusy is a request that found every stream of its preview's
+// session taken for Config.SlotWait.
+var errPreviewBusy = errors.New("every stream of the preview's tunnel is in use")
 
 // proxyError answers a failed forward with the 502 page, unless the
 // client is already gone.
@@ -203,5 +214,9 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		host = t.host
 	}
 	p.log.Debug().Err(err).Str("host", host).Msg("forward failed")
+	if errors.Is(err, errPreviewBusy) {
+		busyPage(w, host)
+		return
+	}
 	unreachablePage(w, host)
 }

@@ -153,3 +153,65 @@ func TestShutdownDrainsInFlightRequests(t *testing.T) {
 	}
 	_ = reconnects
 }
+
+// TestABusyPreviewAnswers503: when long-lived requests hold every stream
+// of a preview's session, the next visitor is served as soon as one ends,
+// or gets the busy page after Config.SlotWait, not a page that never
+// loads.
+func TestABusyPreviewAnswers503(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		slotWait time.Duration
+		want     int
+		within   time.Duration // of the request's start
+	}{
+		// The held requests end after 3 s; their streams go back to the
+		// pool, which must not keep them from the waiting request.
+		{"served once a stream is free", 10 * time.Second, http.StatusOK, 5 * time.Second},
+		{"busy past the slot wait", 300 * time.Millisecond, http.StatusServiceUnavailable, 2 * time.Second},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			n := startNode(t, nodeOpts{tweak: func(c *Config) {
+				c.Tunnel.MaxStreams = 2
+				c.SlotWait = tt.slotWait
+			}})
+			agentFor(t, n, "token-a", backend(t).addr)
+			c := client(n.public)
+			held := make(chan int, 2)
+			for range 2 {
+				go func() {
+					resp, err := c.Get("http://" + hostA + "/slow?ms=3000")
+					if err != nil {
+						held <- -1
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					held <- resp.StatusCode
+				}()
+			}
+			time.Sleep(300 * time.Millisecond) // both streams are open
+			start := time.Now()
+			resp, err := c.Get("http://" + hostA + "/hello")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			took := time.Since(start)
+			if resp.StatusCode != tt.want || took > tt.within {
+				t.Fatalf("a request while every stream is held: %d after %s:\n%.300s\nwant %d within %s",
+					resp.StatusCode, took, body, tt.want, tt.within)
+			}
+			if tt.want == http.StatusServiceUnavailable &&
+				(!strings.Contains(string(body), "Preview busy") || resp.Header.Get("Retry-After") == "") {
+				t.Errorf("the busy answer has no busy page or no Retry-After:\n%.300s", body)
+			}
+			for range 2 {
+				if status := <-held; status != 200 {
+					t.Fatalf("a request that held a stream: %d", status)
+				}
+			}
+		})
+	}
+}

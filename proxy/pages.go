@@ -55,3 +55,10 @@ func routeTableDownPage(w http.ResponseWriter, host string) {
 		Text: "The proxy cannot look up previews right now. Try again in a minute.",
 		Host: host})
 }
+
+func busyPage(w http.ResponseWriter, host string) {
+	w.Header().Set("Retry-After", "5")
+	writePage(w, page{Status: http.StatusServiceUnavailable, Title: "Preview busy",
+		Text: "This preview has as many connections open as it may have at once. Try again in a moment.",
+		Host: host})
+}
