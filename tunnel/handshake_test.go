@@ -153,3 +153,28 @@ func TestAgentVerifiesProxyCertificate(t *testing.T) {
 		t.Fatal("NewAgent took a TLS config that skips verification")
 	}
 }
+
+// TestAnotherVersionsHelloOfAnySizeIsRefusedAsVersion: the size limits of
+// the hello are version 1's; a later version may send a larger (or empty)
+// hello, and its agent must still hear "version" (PROTOCOL.md section 3)
+// to report it, not a dropped connection it retries for ever.
+func TestAnotherVersionsHelloOfAnySizeIsRefusedAsVersion(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	for _, n := range []int{0, 1, maxHelloBody + 1, 65535} {
+		c, err := tls.Dial("tcp", ts.addr, &tls.Config{RootCAs: ts.ca.Pool(), ServerName: "127.0.0.1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := append([]byte(helloMagic), Version+1, byte(n>>8), byte(n))
+		msg = append(msg, make([]byte, n)...)
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		_, err = readAnswer(c)
+		c.Close()
+		if ref := (*Refusal)(nil); !errors.As(err, &ref) || ref.Code != CodeVersion {
+			t.Errorf("hello of version %d with a %d-byte body: %v; want a refusal with code %s", Version+1, n, err, CodeVersion)
+		}
+	}
+}

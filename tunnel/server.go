@@ -53,7 +53,7 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	closed    bool
-	wg        sync.WaitGroup // handshakes and the heartbeat
+	wg        sync.WaitGroup // handshakes, sessions' accept loops and the heartbeat
 	hsSlots   chan struct{}
 }
 
@@ -220,14 +220,15 @@ func (s *Server) handshake(raw net.Conn) {
 	}
 	sctx, scancel := context.WithCancel(s.ctx)
 	sess := &Session{
-		id:     id,
-		gen:    s.reg.nextGeneration(),
-		mux:    mux,
-		conn:   cork,
-		slots:  make(chan struct{}, s.cfg.Tunnel.StreamCap()),
-		ctx:    sctx,
-		cancel: scancel,
-		srv:    s,
+		id:       id,
+		gen:      s.reg.nextGeneration(),
+		mux:      mux,
+		conn:     cork,
+		slots:    make(chan struct{}, s.cfg.Tunnel.StreamCap()),
+		refusals: make(chan struct{}, 1),
+		ctx:      sctx,
+		cancel:   scancel,
+		srv:      s,
 	}
 	if s.isClosed() {
 		sess.Close()
@@ -252,7 +253,9 @@ func (s *Server) handshake(raw net.Conn) {
 		replaced.Close()
 	}
 	sess.logger().Info().Uint64("generation", sess.gen).Stringer("remote", raw.RemoteAddr()).Msg("agent connected")
-	go sess.acceptLoop()
+	// Close waits for it: its end runs OnSessionDown (the proxy withdraws
+	// the route), which must not outlive the server.
+	s.wg.Go(sess.acceptLoop)
 }
 
 func (s *Server) refuse(tc *tls.Conn, r *Refusal, log zerolog.Logger) {

@@ -14,14 +14,16 @@ import (
 
 // Session is one agent's live tunnel, on the proxy side.
 type Session struct {
-	id     Identity
-	gen    uint64
-	mux    *yamux.Session
-	conn   *corkConn
-	slots  chan struct{} // one token per open stream: the stream cap
-	ctx    context.Context
-	cancel context.CancelFunc
-	srv    *Server
+	id    Identity
+	gen   uint64
+	mux   *yamux.Session
+	conn  *corkConn
+	slots chan struct{} // one token per open stream: the stream cap
+	// refusals holds the one over-cap stream being refused (acceptLoop).
+	refusals chan struct{}
+	ctx      context.Context
+	cancel   context.CancelFunc
+	srv      *Server
 
 	goingAway atomic.Bool
 }
@@ -72,7 +74,16 @@ func (s *Session) OpenPreview(ctx context.Context, hostname string) (net.Conn, e
 		}
 		return nil, fmt.Errorf("open preview stream for %s on agent %s: %w", hostname, s.id.Agent, err)
 	}
-	return newStreamConn(st, StreamPreview, hostname, s.releaseSlot), nil
+	return s.slotted(newStreamConn(st, StreamPreview, hostname, s.releaseSlot)), nil
+}
+
+// slotted makes c hold its slot until yamux lets go of its stream: the
+// agent may keep a stream the proxy closed, and fill it, for the close
+// timeout, and MemoryBudget counts every window yamux holds.
+func (s *Session) slotted(c *streamConn) *streamConn {
+	c.linger = s.srv.cfg.Tunnel.StreamCloseTimeout
+	c.lingerDiscard = int(s.srv.cfg.Tunnel.MaxStreamWindow)
+	return c
 }
 
 // logger names the session's agent; it is built when a line is logged,
@@ -126,17 +137,29 @@ func (s *Session) acceptLoop() {
 		}
 		select {
 		case s.slots <- struct{}{}:
-		default:
-			// Over the stream cap: refuse this stream, keep the session.
-			st.Close()
+			go s.serveStream(st)
 			continue
+		default:
 		}
-		go s.serveStream(st)
+		// Over the stream cap: refuse this stream, keep the session.
+		// Accepting it granted the agent a whole window, which yamux
+		// keeps until the agent's FIN or the close timeout, so one
+		// stream at a time is refused: an agent that keeps a refused
+		// stream open waits, and yamux's backlog refuses its further
+		// opens, as it does for an agent that opens faster than a
+		// busy accept loop takes them.
+		select {
+		case s.refusals <- struct{}{}:
+		case <-s.mux.CloseChan():
+			st.Close()
+			return
+		}
+		s.slotted(acceptedConn(st, func() { <-s.refusals })).Close()
 	}
 }
 
 func (s *Session) serveStream(st *yamux.Stream) {
-	conn := acceptedConn(st, s.releaseSlot)
+	conn := s.slotted(acceptedConn(st, s.releaseSlot))
 	_ = st.SetReadDeadline(time.Now().Add(s.srv.cfg.Tunnel.HandshakeTimeout))
 	t, text, err := readStreamHeader(st)
 	_ = st.SetReadDeadline(time.Time{})

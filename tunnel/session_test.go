@@ -435,3 +435,30 @@ func TestYamuxValvesWaitAsLongAsTheLinkNeeds(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseReturnsAfterEverySessionIsDown: Close ends every session, and
+// the proxy withdraws each one's route in OnSessionDown. A caller closes
+// its route table once Close (or Shutdown) returns: a withdrawal still
+// running then fails, and other nodes send the agent's visitors to this
+// node, which is gone, until the route's TTL runs out.
+func TestCloseReturnsAfterEverySessionIsDown(t *testing.T) {
+	var ev events
+	cfg := ServerConfig{}
+	ev.hooks(&cfg)
+	down := cfg.OnSessionDown
+	cfg.OnSessionDown = func(s *Session) {
+		time.Sleep(100 * time.Millisecond) // a route table round trip
+		down(s)
+	}
+	ts := startServer(t, cfg)
+	startAgent(t, ts, "token-a", echoHandler())
+	startAgent(t, ts, "token-b", echoHandler())
+	waitSession(t, ts, idA.Agent, 0)
+	waitSession(t, ts, idB.Agent, 0)
+	ts.Close()
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	if len(ev.down) != 2 {
+		t.Fatalf("Close returned with %d of 2 sessions' OnSessionDown done", len(ev.down))
+	}
+}

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -16,7 +17,13 @@ type streamConn struct {
 	mu      sync.Mutex  // orders the first write against a concurrent read
 	header  []byte
 	release func()
-	closed  atomic.Bool
+	// linger is this side's yamux close timeout when the slot must be
+	// held until yamux lets go of the stream (the proxy's memory budget);
+	// zero gives it back at Close. lingerDiscard is how much of what the
+	// peer sends after Close may be read and dropped meanwhile (a window).
+	linger        time.Duration
+	lingerDiscard int
+	closed        atomic.Bool
 }
 
 func newStreamConn(c net.Conn, t StreamType, text string, release func()) *streamConn {
@@ -70,16 +77,57 @@ func (s *streamConn) Read(p []byte) (int, error) {
 }
 
 // Close ends the stream: yamux sends FIN (the peer reads to its end), our
-// own pending reads stop at once, and the stream slot is given back.
+// own pending reads stop at once, and the stream slot is given back, at
+// once or, with linger, once yamux has let go of the stream.
 func (s *streamConn) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
-	if s.release != nil {
-		defer s.release()
-	}
 	_ = s.Conn.SetReadDeadline(time.Unix(1, 0))
-	return s.Conn.Close()
+	err := s.Conn.Close()
+	switch {
+	case s.release == nil:
+	case s.linger > 0:
+		go lingerThen(s.Conn, s.linger, s.lingerDiscard, s.release)
+	default:
+		s.release()
+	}
+	return err
+}
+
+// lingerMaxPause is the longest pause between two looks at a closed
+// stream that lingers.
+const lingerMaxPause = 100 * time.Millisecond
+
+// lingerThen calls done once c, a stream closed on this side, is gone
+// from yamux: the peer's end seen, or wait (the close timeout, after which
+// yamux resets it) passed. Until then yamux buffers what the peer still
+// sends, up to a window, and the slot that budgets for that window must
+// not go to another stream. What is buffered is read and dropped, so that
+// yamux's EOF shows when the peer has ended, but no more than discard
+// bytes: reading returns credit to the peer, and a peer still sending
+// (a download its visitor left) would otherwise go on until the timeout.
+func lingerThen(c net.Conn, wait time.Duration, discard int, done func()) {
+	defer done()
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	deadline := time.Now().Add(wait)
+	pause := time.Millisecond
+	for time.Now().Before(deadline) {
+		// c's read deadline is past: a read returns at once, with what is
+		// buffered, or EOF once the peer's end is in and nothing is left.
+		n, err := c.Read((*bp)[:min(len(*bp), discard)])
+		discard -= n
+		var ne net.Error
+		if err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
+			return
+		}
+		if n > 0 {
+			continue
+		}
+		time.Sleep(min(pause, time.Until(deadline)))
+		pause = min(2*pause, lingerMaxPause)
+	}
 }
 
 // CloseWrite half-closes: yamux's Close sends FIN and keeps reading until

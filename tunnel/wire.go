@@ -53,15 +53,22 @@ func readHello(r io.Reader) (byte, hello, error) {
 	}
 	version := head[4]
 	n := int(binary.BigEndian.Uint16(head[5:]))
+	if version != Version {
+		// The size limits below are this version's: another's hello may
+		// be empty or larger, and its agent must still hear "version".
+		// It is read whole (at most 64 KiB), or closing with it unread
+		// would reset the connection and lose the refusal.
+		if _, err := io.CopyN(io.Discard, r, int64(n)); err != nil {
+			return version, hello{}, fmt.Errorf("read hello body: %w", err)
+		}
+		return version, hello{}, nil
+	}
 	if n == 0 || n > maxHelloBody {
 		return version, hello{}, fmt.Errorf("%w: hello body of %d bytes", ErrProtocol, n)
 	}
 	body := make([]byte, n)
 	if _, err := io.ReadFull(r, body); err != nil {
 		return version, hello{}, fmt.Errorf("read hello body: %w", err)
-	}
-	if version != Version {
-		return version, hello{}, nil
 	}
 	var h hello
 	if err := json.Unmarshal(body, &h); err != nil {
