@@ -365,6 +365,36 @@ func (t *fastTransport) sweep() {
 	}
 }
 
+// closeIdleOf closes the idle streams of sess, the stock Transport's
+// idle connections too (it cannot tell them apart by session): a request
+// that waits for one of sess's stream slots needs them back, and other
+// previews' pooled streams are better kept.
+func (t *fastTransport) closeIdleOf(sess *tunnel.Session) {
+	var drop []*fastConn
+	t.mu.Lock()
+	for key, list := range t.idle {
+		kept := list[:0]
+		for _, fc := range list {
+			if fc.sess == sess {
+				drop = append(drop, fc)
+				continue
+			}
+			kept = append(kept, fc)
+		}
+		clear(list[len(kept):])
+		if len(kept) == 0 {
+			delete(t.idle, key)
+		} else {
+			t.idle[key] = kept
+		}
+	}
+	t.mu.Unlock()
+	for _, fc := range drop {
+		fc.conn.Close()
+	}
+	t.slow.CloseIdleConnections()
+}
+
 // CloseIdleConnections closes every idle stream, the stock Transport's
 // too.
 func (t *fastTransport) CloseIdleConnections() {

@@ -175,10 +175,11 @@ func setForwarded(pr *httputil.ProxyRequest, trusted bool) {
 }
 
 // dialTunnel opens a preview stream on the request's session. When every
-// stream slot is taken it drops idle pooled connections, which hold slots,
-// and tries again, until Config.SlotWait has passed: a stream that a
-// finished request gives back goes to the pool, not to the waiter, so
-// waiting on the slots alone could last until the pool's idle timeout.
+// stream slot is taken it drops the session's idle pooled connections,
+// which hold slots, and tries again, until Config.SlotWait has passed: a
+// stream that a finished request gives back goes to the pool, not to the
+// waiter, so waiting on the slots alone could last until the pool's idle
+// timeout.
 func (p *Proxy) dialTunnel(ctx context.Context, _, addr string) (net.Conn, error) {
 	t, _ := ctx.Value(targetKey{}).(*target)
 	if t == nil {
@@ -195,7 +196,7 @@ func (p *Proxy) dialTunnel(ctx context.Context, _, addr string) (net.Conn, error
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("%w: %w", errPreviewBusy, err)
 		}
-		p.tr.CloseIdleConnections()
+		p.tr.closeIdleOf(t.sess)
 	}
 }
 

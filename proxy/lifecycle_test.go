@@ -3,8 +3,10 @@ package proxy
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -214,4 +216,55 @@ func TestABusyPreviewAnswers503(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestABusyPreviewLeavesOthersPooledStreams: a request waiting for a busy
+// preview's stream drops that preview's idle pooled streams, which hold
+// its slots, but not those of other previews, which would then pay for a
+// new stream and a new connection to their service on every request.
+func TestABusyPreviewLeavesOthersPooledStreams(t *testing.T) {
+	n := startNode(t, nodeOpts{tweak: func(c *Config) {
+		c.Tunnel.MaxStreams = 2
+		c.SlotWait = 300 * time.Millisecond
+	}})
+	agentFor(t, n, "token-a", backend(t).addr)
+	var dials atomic.Int32
+	ln := listen(t)
+	srv := &http.Server{
+		Handler: backendMux(newSumStore()),
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				dials.Add(1)
+			}
+		},
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	agentFor(t, n, "token-b", ln.Addr().String())
+	c := client(n.public)
+	if status, _ := get(t, c, "http://"+hostB+"/hello"); status != 200 {
+		t.Fatalf("preview b: %d", status)
+	}
+	held := make(chan struct{}, 2)
+	for range 2 {
+		go func() {
+			defer func() { held <- struct{}{} }()
+			if resp, err := c.Get("http://" + hostA + "/slow?ms=1500"); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	if status, _ := get(t, c, "http://"+hostA+"/hello"); status != http.StatusServiceUnavailable {
+		t.Fatalf("preview a while busy: %d, want 503", status)
+	}
+	if status, _ := get(t, c, "http://"+hostB+"/hello"); status != 200 {
+		t.Fatalf("preview b: %d", status)
+	}
+	if d := dials.Load(); d != 1 {
+		t.Errorf("preview b's service was dialled %d times for two requests; its pooled stream was dropped for preview a", d)
+	}
+	<-held
+	<-held
 }
