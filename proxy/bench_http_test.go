@@ -7,7 +7,6 @@ import (
 	"io"
 	"maps"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -61,28 +60,10 @@ func setupBenchPath(b *testing.B) benchPath {
 		relay: bareRelay(b, ln.Addr().String())}
 }
 
-// bareRelay listens for connections and copies each to and from a
-// connection of its own to addr, with no parsing, no TLS and no pool.
+// bareRelay relays connections to addr: no parsing, no TLS, no pool.
 func bareRelay(b *testing.B, addr string) string {
 	ln := listen(b)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				d, err := net.Dial("tcp", addr)
-				if err != nil {
-					return
-				}
-				defer d.Close()
-				go io.Copy(d, c)
-				io.Copy(c, d)
-			}()
-		}
-	}()
+	go relay(ln, addr, io.Discard)
 	return ln.Addr().String()
 }
 

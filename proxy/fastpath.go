@@ -333,36 +333,16 @@ func (t *fastTransport) put(fc *fastConn) {
 // sweep closes idle streams past the idle timeout or of ended sessions.
 func (t *fastTransport) sweep() {
 	now := time.Now()
-	var drop []*fastConn
-	t.mu.Lock()
-	for key, list := range t.idle {
-		kept := list[:0]
-		for _, fc := range list {
-			ended := false
-			if fc.sess != nil {
-				select {
-				case <-fc.sess.Done():
-					ended = true
-				default:
-				}
+	t.dropIdle(func(fc *fastConn) bool {
+		if fc.sess != nil {
+			select {
+			case <-fc.sess.Done():
+				return true
+			default:
 			}
-			if ended || now.Sub(fc.idleAt) >= t.idleTimeout {
-				drop = append(drop, fc)
-				continue
-			}
-			kept = append(kept, fc)
 		}
-		clear(list[len(kept):])
-		if len(kept) == 0 {
-			delete(t.idle, key)
-		} else {
-			t.idle[key] = kept
-		}
-	}
-	t.mu.Unlock()
-	for _, fc := range drop {
-		fc.conn.Close()
-	}
+		return now.Sub(fc.idleAt) >= t.idleTimeout
+	})
 }
 
 // closeIdleOf closes the idle streams of sess, the stock Transport's
@@ -370,13 +350,19 @@ func (t *fastTransport) sweep() {
 // that waits for one of sess's stream slots needs them back, and other
 // previews' pooled streams are better kept.
 func (t *fastTransport) closeIdleOf(sess *tunnel.Session) {
-	var drop []*fastConn
+	t.dropIdle(func(fc *fastConn) bool { return fc.sess == sess })
+	t.slow.CloseIdleConnections()
+}
+
+// dropIdle closes the idle streams for which drop is true.
+func (t *fastTransport) dropIdle(drop func(*fastConn) bool) {
+	var gone []*fastConn
 	t.mu.Lock()
 	for key, list := range t.idle {
 		kept := list[:0]
 		for _, fc := range list {
-			if fc.sess == sess {
-				drop = append(drop, fc)
+			if drop(fc) {
+				gone = append(gone, fc)
 				continue
 			}
 			kept = append(kept, fc)
@@ -389,10 +375,9 @@ func (t *fastTransport) closeIdleOf(sess *tunnel.Session) {
 		}
 	}
 	t.mu.Unlock()
-	for _, fc := range drop {
+	for _, fc := range gone {
 		fc.conn.Close()
 	}
-	t.slow.CloseIdleConnections()
 }
 
 // CloseIdleConnections closes every idle stream, the stock Transport's
