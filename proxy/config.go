@@ -130,7 +130,9 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-func validDomain(d string) bool {
+// ValidDomain reports whether d is a lowercase DNS name without a
+// trailing dot, as a PreviewDomain must be.
+func ValidDomain(d string) bool {
 	h, ok := normalizeHost(d)
 	return ok && h == d && !strings.Contains(d, ":")
 }
@@ -145,7 +147,7 @@ func (c Config) verify() error {
 		return fmt.Errorf("proxy config: HopSecret must be at least 32 bytes when Node is set (got %d)", len(c.HopSecret))
 	case c.Node == localNode:
 		return fmt.Errorf("proxy config: Node %q is reserved", localNode)
-	case c.PreviewDomain != "" && !validDomain(c.PreviewDomain):
+	case c.PreviewDomain != "" && !ValidDomain(c.PreviewDomain):
 		return fmt.Errorf("proxy config: PreviewDomain %q is not a domain name such as preview.example.com", c.PreviewDomain)
 	case c.RefreshInterval >= c.AgentTTL:
 		return fmt.Errorf("proxy config: RefreshInterval %v must be shorter than AgentTTL %v", c.RefreshInterval, c.AgentTTL)

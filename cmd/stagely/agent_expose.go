@@ -87,7 +87,10 @@ func agentExposeCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"It opens no listening socket; it reconnects with backoff whenever the tunnel drops.",
 		FlagSet: fs,
 		Options: ffOptions(),
-		Exec: func(ctx context.Context, _ []string) error {
+		Exec: func(ctx context.Context, args []string) error {
+			if err := noArgs(args); err != nil {
+				return err
+			}
 			if cfg.bootstrapFile != "" || cfg.stateDir != "" {
 				log, err := newLogger(stderr, cfg.logLevel, cfg.logFormat)
 				if err != nil {

@@ -59,7 +59,7 @@ func refusedStart(t *testing.T, args, want []string) error {
 		"TUNNEL_PUBLIC_ADDR", "HTTPS_ADDR", "TLS_MODE", "TLS_CERT_FILE", "TLS_KEY_FILE"} {
 		t.Setenv("STAGELY_"+k, "")
 	}
-	base := []string{"server", "--database-url", "postgres://nobody@127.0.0.1:1/none", "--app-id", "1", "--app-key", "k",
+	base := []string{"server", "--database-url", "postgres://nobody@127.0.0.1:1/none", "--app-id", "1", "--app-key", appKeyPEM(),
 		"--webhook-secret", "0123456789abcdef", "--data-dir", t.TempDir()}
 	var out, errb bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -1,13 +1,18 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
+	"net/url"
 	"sort"
 	"strings"
 
 	"github.com/peterbourgon/ff/v3"
 	"github.com/peterbourgon/ff/v3/ffcli"
+	"github.com/valkey-io/valkey-go"
+
+	"github.com/stagely-dev/stagely/proxy"
 )
 
 // envPrefix makes every flag --foo-bar settable as STAGELY_FOO_BAR.
@@ -53,4 +58,41 @@ func missing(unset map[string]bool) error {
 	}
 	sort.Strings(names)
 	return fmt.Errorf("missing required setting: %s", strings.Join(names, ", "))
+}
+
+// noArgs refuses what is left after the flags: flag parsing stops at the
+// first argument that is not a flag, so every setting after it would be
+// dropped unread.
+func noArgs(args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("unexpected argument %q: the flags after it are not read (every setting is a --flag)", args[0])
+	}
+	return nil
+}
+
+// checkValkeyURL refuses a malformed --valkey-url at start, before
+// anything is touched, and without its password: url.Parse's error quotes
+// the whole URL.
+func checkValkeyURL(raw string) error {
+	if raw == "" {
+		return nil
+	}
+	if _, err := valkey.ParseURL(raw); err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("%s: %w", setting("valkey-url"), err)
+	}
+	return nil
+}
+
+// checkPreviewDomain refuses a --preview-domain previews cannot be served
+// under, before it is recorded in a shared route table (where every later
+// start with the domain put right would be refused as differing).
+func checkPreviewDomain(d string) error {
+	if !proxy.ValidDomain(strings.ToLower(strings.TrimSuffix(d, "."))) {
+		return fmt.Errorf("%s: %q is not a domain name such as preview.example.com", setting("preview-domain"), d)
+	}
+	return nil
 }

@@ -110,6 +110,9 @@ func setUpMachines(ctx context.Context, fc fleetConfig, valkeyURL string) (*mach
 	if providers := repoconfig.Providers(); !slices.Contains(providers, fc.provider) {
 		return nil, fmt.Errorf("--provider %q: want one of %s", fc.provider, strings.Join(providers, ", "))
 	}
+	if err := checkPreviewDomain(fc.previewDomain); err != nil {
+		return nil, err
+	}
 	if err := fc.https.check(fc.previewDomain, valkeyURL); err != nil {
 		return nil, err
 	}

@@ -22,7 +22,10 @@ func migrateCommand(stdout, stderr io.Writer) *ffcli.Command {
 		LongHelp:   "Applies the embedded migrations under an advisory lock; the server also does this at start.",
 		FlagSet:    fs,
 		Options:    ffOptions(),
-		Exec: func(ctx context.Context, _ []string) error {
+		Exec: func(ctx context.Context, args []string) error {
+			if err := noArgs(args); err != nil {
+				return err
+			}
 			if err := missing(map[string]bool{"database-url": *dbURL == ""}); err != nil {
 				return err
 			}

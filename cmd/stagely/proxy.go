@@ -79,7 +79,10 @@ func proxyCommandWith(stdout, stderr io.Writer, tweakCerts func(*certs.Config)) 
 			"requests for a hostname go through the tunnel of the agent whose token lists it.",
 		FlagSet: fs,
 		Options: ffOptions(),
-		Exec: func(ctx context.Context, _ []string) error {
+		Exec: func(ctx context.Context, args []string) error {
+			if err := noArgs(args); err != nil {
+				return err
+			}
 			return runProxy(ctx, cfg, stdout, stderr)
 		},
 	}
@@ -96,6 +99,14 @@ func (c *proxyConfig) check() error {
 	}
 	if c.tunnelCert == "" && c.devCAFile == "" {
 		return fmt.Errorf("missing required setting: --tunnel-cert-file (%s) or, for local use, --dev-ca-file (%s)", envName("tunnel-cert-file"), envName("dev-ca-file"))
+	}
+	if c.previewDomain != "" {
+		if err := checkPreviewDomain(c.previewDomain); err != nil {
+			return err
+		}
+	}
+	if err := checkValkeyURL(c.valkeyURL); err != nil {
+		return err
 	}
 	if err := c.https.check(c.previewDomain, c.valkeyURL); err != nil {
 		return err

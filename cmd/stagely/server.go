@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/peterbourgon/ff/v3/ffcli"
 	"github.com/rs/zerolog"
 	"github.com/uptrace/bun"
@@ -97,7 +98,10 @@ func serverCommandWith(stderr io.Writer, deps serverDeps) *ffcli.Command {
 		LongHelp:   "Runs the GitHub App: records webhook intent in Postgres and reconciles environments.",
 		FlagSet:    fs,
 		Options:    ffOptions(),
-		Exec: func(ctx context.Context, _ []string) error {
+		Exec: func(ctx context.Context, args []string) error {
+			if err := noArgs(args); err != nil {
+				return err
+			}
 			return runServer(ctx, cfg, stderr, deps)
 		},
 	}
@@ -125,21 +129,44 @@ func (c *serverConfig) check() error {
 	if c.appKey == "" && c.appKeyFile == "" {
 		return fmt.Errorf("missing required setting: --app-key-file (%s) or --app-key (%s)", envName("app-key-file"), envName("app-key"))
 	}
+	if c.appKey != "" && c.appKeyFile != "" {
+		// One of them is left over (an old variable): using either
+		// silently could sign with a key the App no longer has.
+		return fmt.Errorf("%s and %s are both set: set one", setting("app-key"), setting("app-key-file"))
+	}
 	if len(c.webhookSecret) < 16 {
 		return fmt.Errorf("--webhook-secret (%s) is too short: use at least 16 random characters", envName("webhook-secret"))
 	}
-	return nil
+	if c.appID < 0 {
+		return fmt.Errorf("%s: %d is not a GitHub App id", setting("app-id"), c.appID)
+	}
+	// The reaper refuses these too, but only once the server takes
+	// webhooks, and naming its own fields.
+	if c.stuckAfter != 0 && c.stuckAfter < time.Minute {
+		return fmt.Errorf("%s: %s is under a minute, and a healthy deploy would look stuck", setting("stuck-after"), c.stuckAfter)
+	}
+	if c.orphanGrace < 0 {
+		return fmt.Errorf("%s: %s is negative", setting("orphan-grace"), c.orphanGrace)
+	}
+	return checkValkeyURL(c.valkeyURL)
 }
 
 func (c *serverConfig) privateKey() ([]byte, error) {
-	if c.appKey != "" {
-		return []byte(c.appKey), nil
+	name, key := "app-key", []byte(c.appKey)
+	if c.appKey == "" {
+		b, err := os.ReadFile(c.appKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--app-key-file: %w", err)
+		}
+		name, key = "app-key-file", b
 	}
-	b, err := os.ReadFile(c.appKeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("--app-key-file: %w", err)
+	// Parsed as ghinstallation parses it for every request, so that a
+	// wrong key is refused here, naming its setting, and not once the
+	// database is migrated.
+	if _, err := jwt.ParseRSAPrivateKeyFromPEM(key); err != nil {
+		return nil, fmt.Errorf("%s: not a PEM-encoded RSA private key: %w", setting(name), err)
 	}
-	return b, nil
+	return key, nil
 }
 
 func runServer(ctx context.Context, cfg serverConfig, stderr io.Writer, deps serverDeps) error {
@@ -205,7 +232,7 @@ func runServer(ctx context.Context, cfg serverConfig, stderr io.Writer, deps ser
 
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.addr, err)
+		return fmt.Errorf("%s %s: %w", setting("addr"), cfg.addr, err)
 	}
 	srv := &http.Server{
 		Handler:           mux,
