@@ -228,7 +228,7 @@ func runServer(ctx context.Context, cfg serverConfig, stderr io.Writer, deps ser
 	mux := http.NewServeMux()
 	mux.Handle(app.HookPath, app.NewIntake(base, cfg.webhookSecret))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
-	mux.HandleFunc("/readyz", readyz(db, shared))
+	mux.HandleFunc("/readyz", readyz(db, shared, log))
 
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
@@ -316,17 +316,21 @@ func runServer(ctx context.Context, cfg serverConfig, stderr io.Writer, deps ser
 }
 
 // readyz answers 200 when Postgres and Valkey both answer, else 503 naming
-// what does not.
-func readyz(db *bun.DB, shared kv.Store) http.HandlerFunc {
+// what does not. Why goes to the log only: the port is public (GitHub
+// sends its webhooks to it), and a driver's error names internal
+// addresses, users and databases.
+func readyz(db *bun.DB, shared kv.Store, log zerolog.Logger) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		var bad []string
 		if err := db.PingContext(ctx); err != nil {
-			bad = append(bad, "postgres: "+err.Error())
+			log.Warn().Err(err).Msg("readyz: postgres does not answer")
+			bad = append(bad, "postgres does not answer")
 		}
 		if err := shared.Ping(ctx); err != nil {
-			bad = append(bad, "valkey: "+err.Error())
+			log.Warn().Err(err).Msg("readyz: valkey does not answer")
+			bad = append(bad, "valkey does not answer")
 		}
 		if len(bad) > 0 {
 			http.Error(w, "not ready: "+strings.Join(bad, "; "), http.StatusServiceUnavailable)
