@@ -73,6 +73,31 @@ func TestCheckRefusesWhatThePolicyForbidsNamingFileLineServiceAndKey(t *testing.
 			want: []string{`compose.yaml:7: top level: secrets.k.file: /home/dev/.ssh/id_rsa`}},
 		{name: "volume binding a host device", files: map[string]string{"compose.yaml": "services:\n  web:\n    image: x\n    volumes: [v:/v]\nvolumes:\n  v:\n    driver_opts: {type: none, o: bind, device: /etc}\n"},
 			want: []string{`volumes.v.driver_opts.device: /etc`}},
+		{name: "host network through a network named host", files: map[string]string{"compose.yaml": "services:\n  web:\n    image: x\n    networks: [h]\nnetworks:\n  h:\n    name: host\n    external: true\n"},
+			want: []string{`compose.yaml:4: service "web": networks: h (the host network) is not allowed (policy allow_host_network is off)`}},
+		{name: "host network as the default network", files: map[string]string{"compose.yaml": "services:\n  web:\n    image: x\nnetworks:\n  default:\n    name: host\n    external: true\n"},
+			want: []string{`service "web": networks: default (the host network)`}},
+		{name: "volume mounting a host disk", files: map[string]string{"compose.yaml": "services:\n  web:\n    image: x\n    volumes: [v:/v]\nvolumes:\n  v:\n    driver_opts: {type: ext4, device: /dev/vda1}\n"},
+			want: []string{`compose.yaml:7: top level: volumes.v.driver_opts: type ext4 of /dev/vda1 (a host mount) is not allowed (policy allow_host_mounts is off)`}},
+		{name: "volume mounting an overlay of host directories", files: map[string]string{"compose.yaml": "services:\n  web:\n    image: x\n    volumes: [v:/v]\nvolumes:\n  v:\n    driver_opts: {type: overlay, device: overlay, o: 'lowerdir=/etc,upperdir=/var/u,workdir=/var/w'}\n"},
+			want: []string{`volumes.v.driver_opts: type overlay of overlay (a host mount)`}},
+		{name: "tmpfs and nfs volumes", files: map[string]string{"compose.yaml": "services:\n  web:\n    image: x\n    volumes: [t:/t, n:/n]\nvolumes:\n  t:\n    driver_opts: {type: tmpfs, device: tmpfs, o: size=64m}\n  n:\n    driver_opts: {type: nfs, device: ':/export', o: addr=10.0.0.2}\n"}},
+		{name: "device cgroup rules", files: map[string]string{"compose.yaml": "services:\n  web:\n    image: x\n    device_cgroup_rules: ['b *:* rwm']\n"},
+			want: []string{`compose.yaml:4: service "web": device_cgroup_rules: b *:* rwm is not allowed (policy allow_privileged is off)`}},
+		{name: "build entitlements", files: map[string]string{"compose.yaml": "services:\n  web:\n    build:\n      context: .\n      entitlements: [network.host, security.insecure]\n"},
+			want: []string{`compose.yaml:5: service "web": build.entitlements: network.host is not allowed (policy allow_host_network is off)`,
+				`compose.yaml:5: service "web": build.entitlements: security.insecure is not allowed (policy allow_privileged is off)`}},
+		{name: "build ssh key outside the repository", files: map[string]string{"compose.yaml": "services:\n  web:\n    build:\n      context: .\n      ssh: [\"key=/home/dev/.ssh/id_ed25519\", default]\n"},
+			want: []string{`compose.yaml:5: service "web": build.ssh.key: /home/dev/.ssh/id_ed25519 (outside the repository)`}},
+		{name: "build ssh key inside the repository", files: map[string]string{"compose.yaml": "services:\n  web:\n    build:\n      context: .\n      ssh: [\"key=./deploy_key\"]\n"}},
+		{name: "privileged post_start hook", files: map[string]string{"compose.yaml": "services:\n  web:\n    image: x\n    post_start:\n      - command: id\n        privileged: true\n"},
+			want: []string{`compose.yaml:4: service "web": post_start[0].privileged: true is not allowed (policy allow_privileged is off)`}},
+		{name: "privileged pre_stop hook", files: map[string]string{"compose.yaml": "services:\n  web:\n    image: x\n    pre_stop:\n      - command: id\n        privileged: true\n"},
+			want: []string{`compose.yaml:4: service "web": pre_stop[0].privileged: true`}},
+		{name: "pre_start container", files: map[string]string{"compose.yaml": "services:\n  web:\n    image: x\n    pre_start:\n      - image: x\n        privileged: true\n        volumes: [\"/etc:/host\"]\n"},
+			want: []string{`compose.yaml:4: service "web": pre_start[0].privileged: true`, `compose.yaml:4: service "web": pre_start[0].volumes: /etc (outside the repository)`}},
+		{name: "job", files: map[string]string{"compose.yaml": "services:\n  web:\n    image: x\njobs:\n  j:\n    image: x\n    privileged: true\n    network_mode: host\n    triggers: {manual: true}\n"},
+			want: []string{`compose.yaml:7: top level: jobs.j.privileged: true is not allowed`, `compose.yaml:8: top level: jobs.j.network_mode: host`}},
 		{name: "cap_add SYS_ADMIN", files: map[string]string{"compose.yaml": "services:\n  web:\n    image: x\n    cap_add: [NET_BIND_SERVICE, SYS_ADMIN]\n"},
 			want: []string{`compose.yaml:4: service "web": cap_add: SYS_ADMIN`}},
 		{name: "privileged through extends", files: map[string]string{
@@ -244,5 +269,107 @@ func TestVersionSaysWhenThePluginIsMissing(t *testing.T) {
 	_, err = compose.CLI{Command: []string{"false"}}.Version(context.Background())
 	if !errors.Is(err, compose.ErrPluginMissing) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestCheckSeesTheVariablesComposeRunsWith: `docker compose` interpolates
+// with its own environment (PATH, HOME, DOCKER_*: see CLI.Env) before the
+// env files. A check made without those variables passes a file that
+// compose then runs otherwise.
+func TestCheckSeesTheVariablesComposeRunsWith(t *testing.T) {
+	t.Setenv("HOME", "/home/agent")
+	root := repo(t, map[string]string{"compose.yaml": "services:\n  web:\n    image: x\n    network_mode: ${HOME:+host}\n"})
+	p, err := compose.Load(context.Background(), "stagely-test", root, nil, map[string]string{"HOME": ""})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = compose.Check(p, protocol.Policy{})
+	if err == nil || !strings.Contains(err.Error(), "network_mode: host is not allowed") {
+		t.Fatalf("err = %v, want network_mode: host refused", err)
+	}
+}
+
+func TestLoadRefusesReferencesThatMayLeadOutOfTheRepository(t *testing.T) {
+	inc := "services:\n  inc:\n    image: x\n"
+	tests := []struct {
+		name  string
+		files map[string]string
+	}{
+		{name: "include climbing out", files: map[string]string{
+			"compose.yaml": "include:\n  - ../outside.yaml\nservices:\n  web:\n    image: x\n"}},
+		{name: "extends climbing out", files: map[string]string{
+			"compose.yaml": "services:\n  web:\n    extends: {file: ../outside.yaml, service: x}\n"}},
+		{name: "extends climbing out of an included file", files: map[string]string{
+			"compose.yaml": "include:\n  - sub/inc.yaml\n",
+			"sub/inc.yaml": "services:\n  web:\n    extends: {file: ../../outside.yaml, service: x}\n"}},
+		{name: "include env_file climbing out", files: map[string]string{
+			"compose.yaml": "include:\n  - path: inc.yaml\n    env_file: ../outside.env\n", "inc.yaml": inc}},
+		{name: "include env_file through a variable", files: map[string]string{
+			"compose.yaml": "include:\n  - path: inc.yaml\n    env_file: ${UP:-..}/outside.env\n", "inc.yaml": inc}},
+		{name: "include project_directory climbing out", files: map[string]string{
+			"compose.yaml": "include:\n  - path: inc.yaml\n    project_directory: ..\n", "inc.yaml": inc}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := repo(t, tt.files)
+			outside := filepath.Dir(root)
+			os.WriteFile(filepath.Join(outside, "outside.yaml"), []byte("services:\n  x:\n    image: outside\n"), 0o644)
+			os.WriteFile(filepath.Join(outside, "outside.env"), []byte("TOKEN=outside\n"), 0o644)
+			p, err := compose.Load(context.Background(), "stagely-test", root, nil, nil)
+			if err == nil {
+				t.Fatalf("loaded %v from outside the repository", p.Model.ServiceNames())
+			}
+			if !strings.Contains(err.Error(), "outside the repository") {
+				t.Fatalf("err = %v, want it to say outside the repository", err)
+			}
+		})
+	}
+}
+
+// TestCheckSeesWhatComposeRunsWhateverTheAgentsWorkingDirectory: compose-go
+// resolves an included file's own include env_file against the process's
+// working directory. The agent's (here: a directory holding etc/os-release,
+// as / does) is not compose's, the repository: the file checked must not
+// be one that compose then runs privileged.
+func TestCheckSeesWhatComposeRunsWhateverTheAgentsWorkingDirectory(t *testing.T) {
+	root := repo(t, map[string]string{
+		"compose.yaml":   "include:\n  - etc/inc.yaml\n",
+		"etc/inc.yaml":   "include:\n  - path: inner.yaml\n    env_file: os-release\n",
+		"etc/inner.yaml": "services:\n  web:\n    image: x\n    privileged: ${PRIV:-false}\n",
+		"etc/os-release": "PRIV=true\n",
+	})
+	host := t.TempDir()
+	os.MkdirAll(filepath.Join(host, "etc"), 0o755)
+	os.WriteFile(filepath.Join(host, "etc", "os-release"), []byte("NAME=Linux\n"), 0o644)
+	for _, cwd := range []string{root, host} {
+		t.Chdir(cwd)
+		p, err := compose.Load(context.Background(), "stagely-test", root, nil, nil)
+		if err == nil {
+			err = compose.Check(p, protocol.Policy{})
+		}
+		if err == nil {
+			t.Fatalf("working in %s: passed the check; compose, working in the repository, runs web privileged", cwd)
+		}
+	}
+}
+
+func TestLoadFollowsReferencesInsideTheRepository(t *testing.T) {
+	root := repo(t, map[string]string{
+		"compose.yaml":   "include:\n  - path: sub/inc.yaml\n    env_file: sub/vars.env\nservices:\n  web:\n    extends: {file: base.yaml, service: base}\n",
+		"base.yaml":      "services:\n  base:\n    image: base\n",
+		"sub/vars.env":   "TAG=1\n",
+		"sub/inc.yaml":   "include:\n  - inner.yaml\nservices:\n  api:\n    image: api:${TAG}\n",
+		"sub/inner.yaml": "services:\n  db:\n    extends: {file: db.yaml, service: db}\n",
+		"sub/db.yaml":    "services:\n  db:\n    image: postgres\n",
+	})
+	p, err := compose.Load(context.Background(), "stagely-test", root, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Model.Services["api"].Image; got != "api:1" {
+		t.Errorf("api image = %q, want api:1", got)
+	}
+	if got := p.Model.Services["db"].Image; got != "postgres" {
+		t.Errorf("db image = %q, want postgres", got)
 	}
 }

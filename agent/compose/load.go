@@ -40,10 +40,11 @@ type rawFile struct {
 }
 
 // Load reads the compose files (relative to root, in -f order) the way
-// `docker compose` will: interpolating with the project's .env and then
-// vars, resolving extends and include, merging. Paths stay unresolved
-// against the host only in the sense that nothing outside root is read:
-// env_file and label_file contents are not loaded.
+// `docker compose` will: interpolating with the project's .env, then vars,
+// then the variables the default CLI runs compose with; resolving extends
+// and include, merging. Paths stay unresolved against the host only in the
+// sense that nothing outside root is read: env_file and label_file
+// contents are not loaded.
 func Load(ctx context.Context, name, root string, files []string, vars map[string]string) (*Project, error) {
 	if len(files) == 0 {
 		files = []string{"compose.yaml"}
@@ -85,6 +86,16 @@ func Load(ctx context.Context, name, root string, files []string, vars map[strin
 	for k, v := range vars {
 		env[k] = v
 	}
+	// Compose takes its own environment's variables before the env files'
+	// (see CLI.Env): without them the file checked is not the one run.
+	for _, kv := range dockerEnv() {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+
+	if err := checkIncludes(root, projectDir, p.Files); err != nil {
+		return nil, err
+	}
 
 	details := types.ConfigDetails{WorkingDir: projectDir, Environment: env}
 	for _, f := range p.Files {
@@ -109,15 +120,25 @@ func isFile(path string) bool {
 	return err == nil && fi.Mode().IsRegular()
 }
 
-// confined refuses included or extended files given by an absolute path
-// outside the repository; relative ones are left to compose-go's own
-// loader.
+// confined refuses included or extended files that may lie outside the
+// repository. compose-go gives it a relative path without the directory it
+// resolves it against, so a path that climbs ("../x") is refused too; the
+// others are left to compose-go's own loader.
 type confined struct{ root string }
 
-func (c confined) Accept(p string) bool { return filepath.IsAbs(p) && !within(c.root, p) }
+func (c confined) Accept(p string) bool { return !inRepo(c.root, p) }
 
 func (c confined) Load(_ context.Context, p string) (string, error) {
-	return "", fmt.Errorf("%s is outside the repository", p)
+	return "", fmt.Errorf("%s may lead outside the repository: name a file inside it, without \"..\"", p)
+}
+
+// inRepo reports whether the path p, as a compose file gives it, stays in
+// root whichever directory of root it is resolved against.
+func inRepo(root, p string) bool {
+	if filepath.IsAbs(p) {
+		return within(root, p)
+	}
+	return filepath.IsLocal(p)
 }
 
 func (c confined) Dir(p string) string { return filepath.Dir(p) }

@@ -77,6 +77,15 @@ func Check(p *Project, pol protocol.Policy) error {
 	for _, n := range names {
 		c.service(n, all[n])
 	}
+	jobs := p.Model.AllJobs()
+	names = names[:0]
+	for n := range jobs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		c.job(n, jobs[n])
+	}
 	c.topLevel()
 	if len(c.found) == 0 {
 		return nil
@@ -115,55 +124,123 @@ func (c *checker) refuse(service, key, value, allow string, keys ...string) {
 
 func (c *checker) service(name string, s types.ServiceConfig) {
 	at := func(k ...string) []string { return append([]string{"services", name}, k...) }
+	c.container(name, "", s.ContainerSpec, s.Build, at)
+	// A pre_start hook is a container of its own; post_start and pre_stop
+	// hooks are commands run in the service's container, with every
+	// privilege if they ask.
+	for i, h := range s.PreStart {
+		c.container(name, fmt.Sprintf("pre_start[%d].", i), h.ContainerSpec, nil, func(...string) []string { return at("pre_start") })
+	}
+	for _, hooks := range []struct {
+		key  string
+		list []types.ServiceHook
+	}{{"post_start", s.PostStart}, {"pre_stop", s.PreStop}} {
+		for i, h := range hooks.list {
+			if h.Privileged && !c.pol.AllowPrivileged {
+				c.refuse(name, fmt.Sprintf("%s[%d].privileged", hooks.key, i), "true", "allow_privileged", at(hooks.key)...)
+			}
+		}
+	}
+}
+
+// job checks a top-level job, a container run to completion.
+func (c *checker) job(name string, j types.JobConfig) {
+	at := func(k ...string) []string { return append([]string{"jobs", name}, k...) }
+	c.container("", "jobs."+name+".", j.ContainerSpec, j.Build, at)
+}
+
+// container checks what one container, and the build of its image, ask
+// for. name is its service, "" for a job; prefix goes before every key.
+func (c *checker) container(name, prefix string, s types.ContainerSpec, b *types.BuildConfig, at func(k ...string) []string) {
 	if s.Privileged && !c.pol.AllowPrivileged {
-		c.refuse(name, "privileged", "true", "allow_privileged", at("privileged")...)
+		c.refuse(name, prefix+"privileged", "true", "allow_privileged", at("privileged")...)
 	}
 	for _, capability := range s.CapAdd {
 		if capName := strings.ToUpper(strings.TrimPrefix(strings.ToUpper(capability), "CAP_")); (capName == "ALL" || capName == "SYS_ADMIN") && !c.pol.AllowPrivileged {
-			c.refuse(name, "cap_add", capability, "allow_privileged", at("cap_add")...)
+			c.refuse(name, prefix+"cap_add", capability, "allow_privileged", at("cap_add")...)
 		}
 	}
 	if len(s.Devices) > 0 && !c.pol.AllowPrivileged {
-		c.refuse(name, "devices", s.Devices[0].Source, "allow_privileged", at("devices")...)
+		c.refuse(name, prefix+"devices", s.Devices[0].Source, "allow_privileged", at("devices")...)
+	}
+	// A rule lets the container use the devices it names, and root in a
+	// container may create their nodes (CAP_MKNOD is a default): the
+	// host's disks are then one mknod away.
+	if len(s.DeviceCgroupRules) > 0 && !c.pol.AllowPrivileged {
+		c.refuse(name, prefix+"device_cgroup_rules", s.DeviceCgroupRules[0], "allow_privileged", at("device_cgroup_rules")...)
 	}
 	if s.NetworkMode == "host" && !c.pol.AllowHostNetwork {
-		c.refuse(name, "network_mode", "host", "allow_host_network", at("network_mode")...)
+		c.refuse(name, prefix+"network_mode", "host", "allow_host_network", at("network_mode")...)
 	}
+	c.hostNetworks(name, prefix, s.Networks, at("networks"))
 	for _, ns := range []struct{ key, val string }{
 		{"pid", s.Pid}, {"ipc", s.Ipc}, {"uts", s.Uts}, {"userns_mode", s.UserNSMode}, {"cgroup", s.Cgroup},
 	} {
 		if ns.val == "host" && !c.pol.AllowHostNamespaces {
-			c.refuse(name, ns.key, "host", "allow_host_namespaces", at(ns.key)...)
+			c.refuse(name, prefix+ns.key, "host", "allow_host_namespaces", at(ns.key)...)
 		}
 	}
 	for _, v := range s.Volumes {
 		if v.Type != types.VolumeTypeBind {
 			continue
 		}
-		c.mount(name, "volumes", v.Source, at("volumes"))
+		c.mount(name, prefix+"volumes", v.Source, at("volumes"))
 	}
 	for _, f := range s.EnvFiles {
-		c.hostPath(name, "env_file", f.Path, at("env_file"))
+		c.hostPath(name, prefix+"env_file", f.Path, at("env_file"))
 	}
-	if b := s.Build; b != nil {
+	if b != nil {
 		if b.Privileged && !c.pol.AllowPrivileged {
-			c.refuse(name, "build.privileged", "true", "allow_privileged", at("build", "privileged")...)
+			c.refuse(name, prefix+"build.privileged", "true", "allow_privileged", at("build", "privileged")...)
 		}
 		if b.Network == "host" && !c.pol.AllowHostNetwork {
-			c.refuse(name, "build.network", "host", "allow_host_network", at("build", "network")...)
+			c.refuse(name, prefix+"build.network", "host", "allow_host_network", at("build", "network")...)
 		}
-		if isHostPath(b.Context) && !c.hostPath(name, "build.context", b.Context, at("build")) {
+		// An entitlement lets the Dockerfile's RUN steps ask for the same:
+		// RUN --network=host, RUN --security=insecure (privileged).
+		for _, e := range b.Entitlements {
+			switch {
+			case e == "network.host" && !c.pol.AllowHostNetwork:
+				c.refuse(name, prefix+"build.entitlements", e, "allow_host_network", at("build", "entitlements")...)
+			case e == "security.insecure" && !c.pol.AllowPrivileged:
+				c.refuse(name, prefix+"build.entitlements", e, "allow_privileged", at("build", "entitlements")...)
+			}
+		}
+		if isHostPath(b.Context) && !c.hostPath(name, prefix+"build.context", b.Context, at("build")) {
 			if df := b.Dockerfile; df != "" {
 				if !filepath.IsAbs(df) {
 					df = filepath.Join(b.Context, df)
 				}
-				c.hostPath(name, "build.dockerfile", df, at("build"))
+				c.hostPath(name, prefix+"build.dockerfile", df, at("build"))
+			}
+		}
+		// A key file is read on the host and handed to the build as an
+		// SSH agent.
+		for _, key := range b.SSH {
+			if key.Path != "" {
+				c.hostPath(name, prefix+"build.ssh."+key.ID, key.Path, at("build", "ssh"))
 			}
 		}
 		for k, ctxPath := range b.AdditionalContexts {
 			if isHostPath(ctxPath) {
-				c.hostPath(name, "build.additional_contexts."+k, ctxPath, at("build", "additional_contexts"))
+				c.hostPath(name, prefix+"build.additional_contexts."+k, ctxPath, at("build", "additional_contexts"))
 			}
+		}
+	}
+}
+
+// hostNetworks refuses the networks of a service that are the engine's
+// "host" network: Compose runs a service in its first network's mode, so
+// an external network named host is network_mode: host by another name.
+func (c *checker) hostNetworks(service, prefix string, networks map[string]*types.ServiceNetworkConfig, keys []string) {
+	names := make([]string, 0, len(networks))
+	for n := range networks {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if c.p.Model.Networks[n].Name == "host" && !c.pol.AllowHostNetwork {
+			c.refuse(service, prefix+"networks", n+" (the host network)", "allow_host_network", keys...)
 		}
 	}
 }
@@ -221,17 +298,30 @@ func (c *checker) topLevel() {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		// A local volume with o=bind mounts its device, a host path.
+		// A local volume mounts its device with the type and options
+		// given: with o=bind the device is a host path; with any type but
+		// a memory or network one it is the host's disk, or (overlay)
+		// host directories named in the options.
 		opts := c.p.Model.Volumes[n].DriverOpts
-		if dev := opts["device"]; dev != "" && strings.Contains(opts["o"], "bind") {
+		dev := opts["device"]
+		keys := []string{"volumes", n, "driver_opts"}
+		switch {
+		case dev == "":
+		case strings.Contains(opts["o"], "bind"):
 			path := dev
 			if !filepath.IsAbs(path) {
 				path = filepath.Join(filepath.Dir(c.p.Files[0]), path)
 			}
-			c.mount("", "volumes."+n+".driver_opts.device", path, []string{"volumes", n, "driver_opts"})
+			c.mount("", "volumes."+n+".driver_opts.device", path, keys)
+		case !hostlessMounts[opts["type"]] && !c.pol.AllowHostMounts:
+			c.refuse("", "volumes."+n+".driver_opts", fmt.Sprintf("type %s of %s (a host mount)", opts["type"], dev), "allow_host_mounts", keys...)
 		}
 	}
 }
+
+// hostlessMounts are the volume mount types that take nothing of the
+// host's: memory, or a share on another machine.
+var hostlessMounts = map[string]bool{"tmpfs": true, "nfs": true, "nfs4": true, "cifs": true}
 
 // isHostPath tells a local path from a remote build context (a git or
 // HTTP URL) or a reference to another service or image.

@@ -154,10 +154,12 @@ type Health struct {
 // Policy lists what the server allows a compose file to ask for. The zero
 // Policy allows none of it.
 type Policy struct {
-	// AllowPrivileged allows privileged: true, devices and cap_add of
-	// ALL or SYS_ADMIN.
+	// AllowPrivileged allows privileged: true, devices,
+	// device_cgroup_rules, cap_add of ALL or SYS_ADMIN and the build
+	// entitlement security.insecure.
 	AllowPrivileged bool `json:"allow_privileged,omitempty"`
-	// AllowHostNetwork allows network_mode: host.
+	// AllowHostNetwork allows network_mode: host, networks named host and
+	// the build entitlement network.host.
 	AllowHostNetwork bool `json:"allow_host_network,omitempty"`
 	// AllowHostNamespaces allows pid, ipc, uts, userns_mode and cgroup:
 	// host.
@@ -166,7 +168,8 @@ type Policy struct {
 	// directory holding it).
 	AllowDockerSocket bool `json:"allow_docker_socket,omitempty"`
 	// AllowHostMounts allows host paths outside the repository: bind
-	// mounts, build contexts, env files, secret and config files.
+	// mounts, build contexts, env files, secret and config files, build
+	// SSH keys, and volumes that mount a device of the host.
 	AllowHostMounts bool `json:"allow_host_mounts,omitempty"`
 }
 
