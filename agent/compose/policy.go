@@ -156,8 +156,13 @@ func (c *checker) container(name, prefix string, s types.ContainerSpec, b *types
 		c.refuse(name, prefix+"privileged", "true", "allow_privileged", at("privileged")...)
 	}
 	for _, capability := range s.CapAdd {
-		if capName := strings.ToUpper(strings.TrimPrefix(strings.ToUpper(capability), "CAP_")); (capName == "ALL" || capName == "SYS_ADMIN") && !c.pol.AllowPrivileged {
+		if capName := strings.TrimPrefix(strings.ToUpper(capability), "CAP_"); hostCapabilities[capName] && !c.pol.AllowPrivileged {
 			c.refuse(name, prefix+"cap_add", capability, "allow_privileged", at("cap_add")...)
+		}
+	}
+	for _, opt := range s.SecurityOpt {
+		if unconfined(opt) && !c.pol.AllowPrivileged {
+			c.refuse(name, prefix+"security_opt", opt, "allow_privileged", at("security_opt")...)
 		}
 	}
 	if len(s.Devices) > 0 && !c.pol.AllowPrivileged {
@@ -327,4 +332,34 @@ var hostlessMounts = map[string]bool{"tmpfs": true, "nfs": true, "nfs4": true, "
 // HTTP URL) or a reference to another service or image.
 func isHostPath(s string) bool {
 	return filepath.IsAbs(s)
+}
+
+// hostCapabilities are the capabilities that reach past the container to
+// the machine: load kernel modules, read any file by handle, trace or
+// write raw memory and I/O, load BPF programs, set the clock, reboot, or
+// change the security modules' rules. With any of them a container is as
+// good as privileged.
+var hostCapabilities = map[string]bool{
+	"ALL": true, "SYS_ADMIN": true, "SYS_MODULE": true, "SYS_RAWIO": true, "SYS_PTRACE": true,
+	"DAC_READ_SEARCH": true, "BPF": true, "PERFMON": true, "SYS_TIME": true, "SYS_BOOT": true,
+	"MAC_ADMIN": true, "MAC_OVERRIDE": true, "SYSLOG": true,
+}
+
+// unconfined reports whether a security_opt turns off one of the
+// confinements the engine puts on every container: the seccomp filter,
+// the AppArmor or SELinux profile, or the masking of /proc and /sys
+// (through which /proc/sys/kernel/core_pattern runs a program on the host).
+func unconfined(opt string) bool {
+	k, v, ok := strings.Cut(opt, "=")
+	if !ok {
+		k, v, _ = strings.Cut(opt, ":")
+	}
+	k, v = strings.ToLower(strings.TrimSpace(k)), strings.ToLower(strings.TrimSpace(v))
+	switch k {
+	case "seccomp", "apparmor", "systempaths":
+		return v == "unconfined"
+	case "label":
+		return v == "disable" || v == "disabled"
+	}
+	return false
 }

@@ -155,7 +155,10 @@ type Health struct {
 // Policy allows none of it.
 type Policy struct {
 	// AllowPrivileged allows privileged: true, devices,
-	// device_cgroup_rules, cap_add of ALL or SYS_ADMIN and the build
+	// device_cgroup_rules, cap_add of a capability that reaches the machine
+	// (ALL, SYS_ADMIN, SYS_MODULE, SYS_RAWIO, SYS_PTRACE, DAC_READ_SEARCH,
+	// BPF and the like), security_opt that turns off seccomp, AppArmor,
+	// SELinux labels or the masking of /proc and /sys, and the build
 	// entitlement security.insecure.
 	AllowPrivileged bool `json:"allow_privileged,omitempty"`
 	// AllowHostNetwork allows network_mode: host, networks named host and
