@@ -223,6 +223,11 @@ func (p *Provider) firewall(ctx context.Context) error {
 		}
 		return nil
 	}
+	// A firewall may only name a tag that exists, and in a fresh account
+	// no droplet has made the namespace tag yet.
+	if err := p.ensureTag(ctx, p.ns); err != nil {
+		return fmt.Errorf("create firewall %s: %w", name, err)
+	}
 	everywhere := &godo.Destinations{Addresses: []string{"0.0.0.0/0", "::/0"}}
 	err := p.call(ctx, func() (resp *godo.Response, err error) {
 		_, resp, err = p.client.Firewalls.Create(ctx, &godo.FirewallRequest{
@@ -241,6 +246,25 @@ func (p *Provider) firewall(ctx context.Context) error {
 		return fmt.Errorf("create firewall %s: %w", name, err)
 	}
 	return nil
+}
+
+// ensureTag makes the tag unless it exists. A create that fails is
+// forgiven when the tag is there after all (made by a concurrent create).
+func (p *Provider) ensureTag(ctx context.Context, name string) error {
+	err := p.call(ctx, func() (resp *godo.Response, err error) {
+		_, resp, err = p.client.Tags.Create(ctx, &godo.TagCreateRequest{Name: name})
+		return resp, err
+	})
+	if err == nil {
+		return nil
+	}
+	if gerr := p.call(ctx, func() (resp *godo.Response, err error) {
+		_, resp, err = p.client.Tags.Get(ctx, name)
+		return resp, err
+	}); gerr == nil {
+		return nil
+	}
+	return fmt.Errorf("create tag %s: %w", name, err)
 }
 
 // State reports what the droplet is doing.

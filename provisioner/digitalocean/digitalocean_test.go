@@ -188,3 +188,15 @@ func TestNewNamesTheMissingToken(t *testing.T) {
 		t.Fatalf("New with DIGITALOCEAN_TOKEN: %v", err)
 	}
 }
+
+func TestFirstCreateInAFreshAccountMakesTheFirewallTag(t *testing.T) {
+	// No droplet carries the namespace tag yet, so the tag does not exist,
+	// and DigitalOcean refuses a firewall that names a missing tag.
+	f := newFakeCloud(t)
+	if _, err := newProvider(t, f, f.token).Create(t.Context(), spec(5, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if !f.tags["stagely"] || len(f.firewalls) != 1 || !slices.Equal(f.firewalls[0].Tags, []string{"stagely"}) {
+		t.Errorf("tags %v, firewalls %d; want tag stagely made and one firewall applied to it", f.tags, len(f.firewalls))
+	}
+}

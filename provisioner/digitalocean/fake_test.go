@@ -28,10 +28,13 @@ type fakeCloud struct {
 	srv   *httptest.Server
 	token string
 
-	mu         sync.Mutex
-	nextID     int
-	droplets   map[int]*fakeDroplet
-	firewalls  []*godo.Firewall
+	mu        sync.Mutex
+	nextID    int
+	droplets  map[int]*fakeDroplet
+	firewalls []*godo.Firewall
+	// tags are the account's tags. A droplet create makes the tags it
+	// names; a firewall create refuses a tag that does not exist yet.
+	tags       map[string]bool
 	boot       int
 	failures   map[contract.Failure]int
 	requests   []string
@@ -55,7 +58,7 @@ var (
 )
 
 func newFakeCloud(t *testing.T) *fakeCloud {
-	f := &fakeCloud{t: t, token: "dop_v1_" + strings.Repeat("a", 64), nextID: 5000, droplets: map[int]*fakeDroplet{}, failures: map[contract.Failure]int{}}
+	f := &fakeCloud{t: t, token: "dop_v1_" + strings.Repeat("a", 64), nextID: 5000, droplets: map[int]*fakeDroplet{}, tags: map[string]bool{}, failures: map[contract.Failure]int{}}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	t.Cleanup(func() {
 		f.srv.Close()
@@ -131,6 +134,10 @@ func (f *fakeCloud) serve(w http.ResponseWriter, r *http.Request) {
 		f.listFirewalls(w, r)
 	case r.Method == "POST" && rest == "firewalls":
 		f.createFirewall(w, r)
+	case r.Method == "POST" && rest == "tags":
+		f.createTag(w, r)
+	case len(parts) == 2 && parts[0] == "tags" && r.Method == "GET":
+		f.tag(w, r, parts[1])
 	default:
 		f.violate(w, "unexpected request %s %s", r.Method, r.URL)
 	}
@@ -296,6 +303,9 @@ func (f *fakeCloud) createDroplet(w http.ResponseWriter, r *http.Request) {
 		Tags: req.Tags, Created: time.Now().UTC().Format(time.RFC3339), VolumeIDs: []string{},
 	}}
 	f.droplets[d.d.ID] = d
+	for _, tag := range req.Tags {
+		f.tags[tag] = true // "Tag names can either be existing or new tags."
+	}
 	if f.dropAfterCreate > 0 {
 		f.dropAfterCreate--
 		writeError(w, http.StatusServiceUnavailable, "service_unavailable", "upstream timed out")
@@ -381,6 +391,16 @@ func (f *fakeCloud) createFirewall(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnprocessableEntity, "unprocessable_entity", "must have at least one rule")
 		return
 	}
+	// DigitalOcean's API reference, "Add Tags to a Firewall" (and the
+	// firewall's tags in "Create a New Firewall"): "Tag names must exist in
+	// order to be referenced in a request." Unlike a droplet create, a
+	// firewall create does not make the tags it names.
+	for _, tag := range req.Tags {
+		if !f.tags[tag] {
+			writeError(w, http.StatusUnprocessableEntity, "unprocessable_entity", fmt.Sprintf("tag %q does not exist", tag))
+			return
+		}
+	}
 	fw := &godo.Firewall{ID: fmt.Sprintf("fw-%d", len(f.firewalls)+1), Name: req.Name, Status: "waiting", Tags: req.Tags, DropletIDs: req.DropletIDs, Created: time.Now().UTC().Format(time.RFC3339)}
 	for _, o := range req.OutboundRules {
 		if !slices.Contains([]string{"tcp", "udp", "icmp"}, o.Protocol) || o.Destinations == nil || (o.Protocol != "icmp" && o.Ports == "") {
@@ -391,6 +411,34 @@ func (f *fakeCloud) createFirewall(w http.ResponseWriter, r *http.Request) {
 	}
 	f.firewalls = append(f.firewalls, fw)
 	writeJSON(w, http.StatusAccepted, map[string]any{"firewall": fw})
+}
+
+// createTag is POST /v2/tags. Creating a tag that exists answers it again.
+func (f *fakeCloud) createTag(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Name string `json:"name"`
+	}
+	if !f.decode(w, r, &req) {
+		return
+	}
+	if !tagName.MatchString(req.Name) {
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("tag %q: only letters, numbers, colons, dashes and underscores are allowed", req.Name))
+		return
+	}
+	f.tags[req.Name] = true
+	writeJSON(w, http.StatusCreated, map[string]any{"tag": godo.Tag{Name: req.Name, Resources: &godo.TaggedResources{}}})
+}
+
+// tag is GET /v2/tags/{name}.
+func (f *fakeCloud) tag(w http.ResponseWriter, r *http.Request, name string) {
+	if _, ok := f.query(w, r); !ok {
+		return
+	}
+	if !f.tags[name] {
+		writeError(w, http.StatusNotFound, "not_found", "The resource you were accessing could not be found.")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"tag": godo.Tag{Name: name, Resources: &godo.TaggedResources{}}})
 }
 
 func sortedKeys[V any](m map[int]V) []int {

@@ -95,10 +95,15 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	if err != nil {
 		return nil, fmt.Errorf("aws: %w", err)
 	}
+	if strings.HasPrefix(ns, "sg-") {
+		// The security group is named after the namespace, and EC2
+		// refuses group names that start with "sg-".
+		return nil, fmt.Errorf("aws: namespace %q: EC2 security group names may not start with sg-; choose another namespace", ns)
+	}
 	r := cfg.Retry.WithDefaults()
 	opts := []func(*config.LoadOptions) error{
 		config.WithRetryer(func() aws.Retryer {
-			return retry.NewStandard(func(o *retry.StandardOptions) {
+			standard := retry.NewStandard(func(o *retry.StandardOptions) {
 				o.MaxAttempts = r.Attempts
 				o.BaseDelay = r.MinWait
 				o.MaxBackoff = r.MaxWait
@@ -107,6 +112,10 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 				// that the cloud would have taken.
 				o.RateLimiter = ratelimit.None
 			})
+			// EC2's reads lag its writes: RunInstances right after
+			// CreateSecurityGroup may not know the new group yet. The
+			// ClientToken makes the repeat safe.
+			return retry.AddWithErrorCodes(standard, "InvalidGroup.NotFound")
 		}),
 	}
 	if cfg.Region != "" {

@@ -267,3 +267,39 @@ func TestRateLimitIsRetriedAsOftenAsConfigured(t *testing.T) {
 		t.Errorf("%d tries, want %d", n, fastRetry.Attempts)
 	}
 }
+
+func TestFirstCreateInARegionWaitsOutItsNewSecurityGroup(t *testing.T) {
+	// EC2's reads lag its writes: RunInstances right after
+	// CreateSecurityGroup may not know the group yet.
+	f := newFakeCloud(t)
+	f.groupNotFoundFor = 2
+	if _, err := newProvider(t, f, f.secret).Create(t.Context(), spec(5, 1)); err != nil {
+		t.Fatalf("Create with a security group EC2 has just made: %v", err)
+	}
+	if n := len(f.Live()); n != 1 {
+		t.Errorf("%d machines, want 1", n)
+	}
+}
+
+func TestNamespaceStartingWithSgIsRefusedAtStart(t *testing.T) {
+	// Stagely's group is named after the namespace, and EC2 refuses group
+	// names that start with "sg-": such a namespace must fail New, not
+	// every Create.
+	f := newFakeCloud(t)
+	p, err := New(t.Context(), Config{
+		Namespace:   "sg-previews",
+		Region:      "us-east-1",
+		Endpoint:    f.srv.URL,
+		Retry:       fastRetry,
+		Credentials: credentials.NewStaticCredentialsProvider(f.accessKey, f.secret, ""),
+	})
+	if err != nil {
+		if !strings.Contains(err.Error(), "sg-") {
+			t.Fatalf("New refused the namespace without saying why: %v", err)
+		}
+		return
+	}
+	if _, err := p.Create(t.Context(), spec(5, 1)); err != nil {
+		t.Fatalf("New took namespace sg-previews, and Create fails: %v", err)
+	}
+}

@@ -46,6 +46,11 @@ type fakeCloud struct {
 	violations          []string
 	runParams           []url.Values // every RunInstances, as sent
 	describeNotFoundFor int          // answer NotFound this many times for a new instance, as EC2's lagging reads do
+	// groupNotFoundFor is how many RunInstances do not yet know a new
+	// security group. "Eventual consistency in the Amazon EC2 API": after
+	// CreateSecurityGroup, a command that uses the new group's ID may get
+	// InvalidGroup.NotFound.
+	groupNotFoundFor int
 }
 
 type fakeInstance struct {
@@ -60,6 +65,7 @@ type fakeGroup struct {
 	id, name, description, vpc, region string
 	tags                               map[string]string
 	ingress                            int
+	notFound                           int
 }
 
 type tokenUse struct {
@@ -380,6 +386,12 @@ func (f *fakeCloud) createSecurityGroup(w http.ResponseWriter, region string, fo
 		writeError(w, http.StatusBadRequest, "MissingParameter", "The request must contain the parameter GroupName and GroupDescription")
 		return
 	}
+	// CreateSecurityGroup's GroupName, in the EC2 API Reference: "Up to
+	// 255 characters in length. Cannot start with sg-."
+	if len(name) > 255 || strings.HasPrefix(strings.ToLower(name), "sg-") {
+		writeError(w, http.StatusBadRequest, "InvalidParameterValue", fmt.Sprintf("Value (%s) for parameter GroupName is invalid. Group names may not be in the format sg-*.", name))
+		return
+	}
 	if vpc != vpcOf(region) {
 		writeError(w, http.StatusBadRequest, "InvalidVpcID.NotFound", fmt.Sprintf("The vpc ID '%s' does not exist", vpc))
 		return
@@ -391,7 +403,7 @@ func (f *fakeCloud) createSecurityGroup(w http.ResponseWriter, region string, fo
 		}
 	}
 	f.nextID++
-	g := &fakeGroup{id: fmt.Sprintf("sg-%017x", f.nextID), name: name, description: form.Get("GroupDescription"), vpc: vpc, region: region, tags: tagSpecs(form)["security-group"]}
+	g := &fakeGroup{id: fmt.Sprintf("sg-%017x", f.nextID), name: name, description: form.Get("GroupDescription"), vpc: vpc, region: region, tags: tagSpecs(form)["security-group"], notFound: f.groupNotFoundFor}
 	f.groups = append(f.groups, g)
 	writeXML(w, http.StatusOK, struct {
 		XMLName xml.Name `xml:"CreateSecurityGroupResponse"`
@@ -478,7 +490,10 @@ func (f *fakeCloud) runInstances(w http.ResponseWriter, region string, form url.
 	}
 	for _, id := range groups {
 		i := slices.IndexFunc(f.groups, func(g *fakeGroup) bool { return g.id == id && g.region == region })
-		if i < 0 {
+		if i < 0 || f.groups[i].notFound > 0 {
+			if i >= 0 {
+				f.groups[i].notFound--
+			}
 			writeError(w, http.StatusBadRequest, "InvalidGroup.NotFound", fmt.Sprintf("The security group '%s' does not exist", id))
 			return
 		}
