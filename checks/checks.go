@@ -152,7 +152,10 @@ func fit(s string) string { return templates.Truncate(s, maxOutputBytes, truncat
 // limits (at most three; label and identifier up to 20 characters,
 // description up to 40):
 //
-//	queued, in_progress   Destroy (stop the deploy and tear down)
+//	queued, in_progress   none: GitHub shows a run's buttons only once it
+//	                      completes, so a Destroy here could not stop a
+//	                      build, and would outlive it on a cancelled run;
+//	                      `/stagely destroy` stops a build
 //	success, failure      Redeploy, Destroy
 //	neutral               Redeploy (bring a destroyed preview back)
 //	action_required       Approve & deploy (identifier "deploy")
@@ -170,7 +173,7 @@ func Actions(r Report) []*github.CheckRunAction {
 		deploy   = &github.CheckRunAction{Label: "Approve & deploy", Identifier: ActionDeploy, Description: "Deploy this fork pull request"}
 	)
 	if r.Status != "completed" {
-		return []*github.CheckRunAction{destroy}
+		return nil
 	}
 	switch r.Conclusion {
 	case "success", "failure":

@@ -289,8 +289,8 @@ func TestRenderHugeErrorIsCut(t *testing.T) {
 
 func TestActionsRespectGitHubLimits(t *testing.T) {
 	want := map[string][]string{
-		"queued":          {ActionDestroy},
-		"in_progress":     {ActionDestroy},
+		"queued":          nil,
+		"in_progress":     nil,
 		"success":         {ActionRedeploy, ActionDestroy},
 		"failure":         {ActionRedeploy, ActionDestroy},
 		"cancelled":       nil,

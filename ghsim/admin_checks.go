@@ -8,12 +8,18 @@ import (
 
 // ClickCheckRunAction presses a check run's button as user and sends
 // check_run.requested_action. The identifier must be one of the run's
-// actions: GitHub only shows the buttons the App defined.
+// actions: GitHub only shows the buttons the App defined, and only on a
+// completed run (GitHub's REST API description of the check run's
+// "actions": "The button created in this object is displayed after the
+// check run completes").
 func (s *Sim) ClickCheckRunAction(ctx context.Context, owner, repoName string, checkRunID int64, identifier, user string) (Result, error) {
 	return s.mutate(ctx, func(now time.Time) (Result, *pendingHook, error) {
 		r, cr, err := s.checkRunNamed(owner, repoName, checkRunID)
 		if err != nil {
 			return Result{}, nil, err
+		}
+		if cr.status != "completed" {
+			return Result{}, nil, fmt.Errorf("ghsim: check run %d is %s: GitHub shows its buttons only once it completes", checkRunID, cr.status)
 		}
 		found := false
 		for _, a := range cr.actions {

@@ -63,12 +63,12 @@ func TestAdminHTTP(t *testing.T) {
 	}
 
 	resp, body = f.do("POST", "/repos/acme/widgets/check-runs", tok, map[string]any{
-		"name": "stagely", "head_sha": push.SHA, "external_id": "e1", "status": "in_progress",
+		"name": "stagely", "head_sha": push.SHA, "external_id": "e1", "conclusion": "success", // buttons show once completed
 		"actions": []map[string]string{{"label": "Stop", "description": "Stop the preview", "identifier": "stop"}},
 	})
 	wantStatus(t, resp, body, 201)
 	runs := decode[[]CheckRun](t, call("GET", "/repos/acme/widgets/check-runs?sha="+push.SHA, nil, 200))
-	if len(runs) != 1 || runs[0].ExternalID != "e1" || runs[0].Status != "in_progress" || len(runs[0].Actions) != 1 || runs[0].AppID != 4242 {
+	if len(runs) != 1 || runs[0].ExternalID != "e1" || runs[0].Status != "completed" || len(runs[0].Actions) != 1 || runs[0].AppID != 4242 {
 		t.Fatalf("check runs %+v", runs)
 	}
 	if len(decode[[]CheckRun](t, call("GET", "/repos/acme/widgets/check-runs?sha="+res.SHA, nil, 200))) != 0 {

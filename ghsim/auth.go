@@ -84,7 +84,7 @@ func credential(h string) (string, bool) {
 
 // verifyJWT applies GitHub's rules: RS256 signed by the App key, iss the App
 // id (string or number), iat at most 60 s ahead, exp not past and at most
-// 10 minutes after iat.
+// 10 minutes after iat and after now.
 func (s *Sim) verifyJWT(raw string, now time.Time) error {
 	claims := jwt.MapClaims{}
 	_, err := jwt.ParseWithClaims(raw, claims, func(*jwt.Token) (any, error) {
@@ -113,6 +113,11 @@ func (s *Sim) verifyJWT(raw string, now time.Time) error {
 		return fmt.Errorf("expired at %s (now %s)", expires.UTC().Format(time.RFC3339), now.Format(time.RFC3339))
 	case expires.Sub(issued) > jwtMaxLifetime:
 		return fmt.Errorf("exp is %s after iat, more than 10 minutes", expires.Sub(issued))
+	case expires.Sub(now) > jwtMaxLifetime:
+		// GitHub's "Generating a JSON Web Token (JWT) for a GitHub App":
+		// exp must be no more than 10 minutes into the future, however
+		// late iat is.
+		return fmt.Errorf("exp %s is more than 10 minutes ahead (now %s)", expires.UTC().Format(time.RFC3339), now.Format(time.RFC3339))
 	}
 	return nil
 }

@@ -51,6 +51,12 @@ func TestAppJWT(t *testing.T) {
 			c["exp"] = now.Add(-time.Second).Unix()
 		}), 401},
 		{"exp more than 10 minutes after iat", "Bearer " + good(func(c jwt.MapClaims) { c["exp"] = now.Add(11 * time.Minute).Unix() }), 401},
+		// GitHub: exp "must be no more than 10 minutes into the future",
+		// whatever iat says.
+		{"exp more than 10 minutes ahead", "Bearer " + good(func(c jwt.MapClaims) {
+			c["iat"] = now.Add(50 * time.Second).Unix()
+			c["exp"] = now.Add(10*time.Minute + 50*time.Second).Unix()
+		}), 401},
 		{"iat too far in the future", "Bearer " + good(func(c jwt.MapClaims) {
 			c["iat"] = now.Add(2 * time.Minute).Unix()
 			c["exp"] = now.Add(5 * time.Minute).Unix()

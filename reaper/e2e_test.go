@@ -198,8 +198,10 @@ func TestIdlePreviewIsDestroyedAndCommentingRedeployBringsItBack(t *testing.T) {
 		t.Fatalf("reaped a fresh preview: %v, %v", ids(rep.Idle), err)
 	}
 
-	// Nobody pushes or comments for longer than the TTL.
+	// Nobody pushes or comments for longer than the TTL, and the preview
+	// has been ready for as long.
 	exec(t, w.db, `UPDATE environments SET touched_at = now() - interval '2 hours 1 minute' WHERE id = ?`, e.ID)
+	exec(t, w.db, `UPDATE deployments SET finished_at = now() - interval '2 hours 1 minute' WHERE environment_id = ?`, e.ID)
 	rep, err := w.reaper.Sweep(ctx)
 	if err != nil || len(rep.Idle) != 1 || rep.Idle[0].EnvironmentID != e.ID {
 		t.Fatalf("sweep reaped %v, %v; want [%d]", ids(rep.Idle), err, e.ID)

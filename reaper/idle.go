@@ -9,6 +9,18 @@ import (
 	"github.com/stagely-dev/stagely/store"
 )
 
+// idleCond is true of an environment e idle past its TTL: it wants to run
+// and has a TTL, and nobody pushed or commanded (touched_at) within it.
+// The TTL is a preview's time unused, so it does not run while a deploy is
+// under way, nor before its last deploy finished: a build may take longer
+// than the shortest TTL (10 minutes against build.timeout's 3 hours), and
+// reaping it then would destroy a preview nobody could use yet, every time.
+const idleCond = `e.desired_state = 'running' AND e.ttl_seconds > 0
+       AND e.touched_at < now() - make_interval(secs => e.ttl_seconds)
+       AND e.observed_generation >= e.desired_generation
+       AND NOT EXISTS (SELECT 1 FROM deployments d
+                        WHERE d.environment_id = e.id AND d.finished_at >= now() - make_interval(secs => e.ttl_seconds))`
+
 // idleQuery asks every environment idle past its TTL to be destroyed, and
 // audits each, in one statement. The candidates are locked with SKIP
 // LOCKED, so concurrent reapers (and a webhook writing the same row) never
@@ -20,20 +32,18 @@ import (
 // comment says the preview was idle and how to bring it back.
 const idleQuery = `
 WITH due AS (
-    SELECT id FROM environments
-     WHERE desired_state = 'running' AND ttl_seconds > 0
-       AND touched_at < now() - make_interval(secs => ttl_seconds)
-     ORDER BY touched_at
+    SELECT e.id FROM environments e
+     WHERE ` + idleCond + `
+     ORDER BY e.touched_at
      LIMIT $1
-     FOR UPDATE SKIP LOCKED),
+     FOR UPDATE OF e SKIP LOCKED),
 r AS (
     UPDATE environments e
        SET desired_state = 'destroyed', desired_generation = e.desired_generation + 1,
            intent_seq = e.intent_seq + 1, attempts = 0, next_attempt_at = now(),
            reaped_generation = e.desired_generation + 1, reaped_reason = $2, updated_at = now()
       FROM due
-     WHERE e.id = due.id AND e.desired_state = 'running' AND e.ttl_seconds > 0
-       AND e.touched_at < now() - make_interval(secs => e.ttl_seconds)
+     WHERE e.id = due.id AND ` + idleCond + `
     RETURNING e.id, e.owner, e.repo, e.pr_number, e.desired_generation, e.ttl_seconds, e.touched_at),
 a AS (
     INSERT INTO audit_logs (actor, action, environment_id, details)

@@ -22,7 +22,7 @@ import (
 var errSuperseded = errors.New("superseded")
 
 // errCommanded stops a deployment for a command that came in during it
-// from someone who may give it (the Destroy button on the running check):
+// from someone who may give it (`/stagely destroy` during the build):
 // the command is applied at once instead of after the build.
 var errCommanded = errors.New("interrupted by a command")
 

@@ -106,10 +106,10 @@ func TestUninstallDestroysARunningPreview(t *testing.T) {
 	uninstall(t, w, revoked, d, pr.Number)
 }
 
-// The in-progress Check Run offers Destroy ("stop the deploy and tear
-// down"). Pressing it while a build runs must stop the build and destroy
-// the environment, not wait for the build to end.
-func TestDestroyButtonStopsABuildInProgress(t *testing.T) {
+// GitHub shows a Check Run's buttons only once it completes, so a build in
+// progress is stopped by commenting "/stagely destroy". It must stop the
+// build and destroy the environment, not wait for the build to end.
+func TestDestroyCommandStopsABuildInProgress(t *testing.T) {
 	w := newWorld(t, nil)
 	d := reconcilertest.New()
 	d.Block() // a long build
@@ -122,30 +122,25 @@ func TestDestroyButtonStopsABuildInProgress(t *testing.T) {
 		t.Fatal("deploy did not start")
 	}
 	run := w.runs(pr.SHA)[0]
-	if run.Status != "in_progress" {
-		t.Fatalf("run is %s", run.Status)
+	if run.Status != "in_progress" || len(run.Actions) != 0 {
+		t.Fatalf("run is %s with buttons %+v, which GitHub would not show", run.Status, run.Actions)
 	}
-	// A reader's press does not stop the build: anyone may press.
-	w.sim.SetPermission(owner, repoName, "bob", "read")
-	if _, err := w.sim.ClickCheckRunAction(context.Background(), owner, repoName, run.ID, "destroy", "bob"); err != nil {
-		t.Fatal(err)
-	}
+	// A reader's command does not stop the build: anyone may comment.
+	w.comment(pr.Number, "bob", "read", "/stagely destroy")
 	time.Sleep(time.Second)
 	if r := w.runs(pr.SHA)[0]; len(d.Destroys()) != 0 || r.Status != "in_progress" {
-		t.Fatalf("a reader's Destroy stopped the build: %d Destroy calls, run %s", len(d.Destroys()), r.Status)
+		t.Fatalf("a reader's destroy stopped the build: %d Destroy calls, run %s", len(d.Destroys()), r.Status)
 	}
-	w.sim.SetPermission(owner, repoName, "alice", "write")
-	if _, err := w.sim.ClickCheckRunAction(context.Background(), owner, repoName, run.ID, "destroy", "alice"); err != nil {
-		t.Fatal(err)
-	}
+	w.comment(pr.Number, "alice", "write", "/stagely destroy")
 	eventually(t, 5*time.Second, func() (bool, string) {
 		e := w.environment(pr.Number)
-		return len(d.Destroys()) > 0, fmt.Sprintf("Destroy pressed on the in-progress run: 0 Destroy calls, run %s, environment desired=%s observed=%s",
+		return len(d.Destroys()) > 0, fmt.Sprintf("destroy asked during the build: 0 Destroy calls, run %s, environment desired=%s observed=%s",
 			w.runs(pr.SHA)[0].Status, e.DesiredState, e.ObservedState)
 	})
 	eventually(t, 5*time.Second, func() (bool, string) {
 		r := w.runs(pr.SHA)[0]
-		return r.Status == "completed" && r.Conclusion == "cancelled", "the run of the stopped build: " + describeRuns(w.runs(pr.SHA))
+		return r.Status == "completed" && r.Conclusion == "cancelled" && len(r.Actions) == 0,
+			"the run of the stopped build: " + describeRuns(w.runs(pr.SHA))
 	})
 }
 

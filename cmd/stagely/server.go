@@ -148,6 +148,12 @@ func (c *serverConfig) check() error {
 	if c.orphanGrace < 0 {
 		return fmt.Errorf("%s: %s is negative", setting("orphan-grace"), c.orphanGrace)
 	}
+	if c.reapInterval < 0 {
+		// 0 is the one way to run no reaper: a negative interval is a
+		// typo, and taking it as 0 would leave idle previews and orphaned
+		// machines running, billed, without a word.
+		return fmt.Errorf("%s: %s is negative; 0 runs no reaper", setting("reap-interval"), c.reapInterval)
+	}
 	return checkValkeyURL(c.valkeyURL)
 }
 

@@ -65,6 +65,9 @@ func TestServerChecksItsSettingsBeforeTheDatabase(t *testing.T) {
 		{"an app id below 1", []string{"--app-id", "-5"}, []string{"--app-id (STAGELY_APP_ID)"}},
 		{"stuck after less than the reaper allows", []string{"--stuck-after", "30s"}, []string{"--stuck-after (STAGELY_STUCK_AFTER)"}},
 		{"a negative orphan grace", []string{"--orphan-grace", "-10m"}, []string{"--orphan-grace (STAGELY_ORPHAN_GRACE)"}},
+		// Only 0 turns the reaper off: a negative interval left it off
+		// without a word, and idle previews and orphans ran on, billed.
+		{"a negative reap interval", []string{"--reap-interval", "-1m"}, []string{"--reap-interval (STAGELY_REAP_INTERVAL)"}},
 		{"a malformed Valkey URL", []string{"--valkey-url", "redis://:" + valkeyPassword + "@127.0.0.1:1/0%zz"},
 			[]string{"--valkey-url (STAGELY_VALKEY_URL)"}},
 		{"a preview domain that is a URL", []string{"--provider", "local", "--preview-domain", "https://preview.example.com"},
