@@ -115,7 +115,12 @@ func (w *world) openPR() (pr int, sha string) {
 
 func (w *world) comment(pr int, body string) {
 	w.t.Helper()
-	res, err := w.sim.Comment(context.Background(), ghsim.CommentSpec{Owner: "acme", Repo: "shop", Number: pr, User: "alice", Permission: "write", Body: body})
+	w.commentAs(pr, "alice", "write", body)
+}
+
+func (w *world) commentAs(pr int, user, permission, body string) {
+	w.t.Helper()
+	res, err := w.sim.Comment(context.Background(), ghsim.CommentSpec{Owner: "acme", Repo: "shop", Number: pr, User: user, Permission: permission, Body: body})
 	if err != nil || res.Delivery == nil || res.Delivery.Status != 200 {
 		w.t.Fatalf("comment %q: %+v, %v", body, res.Delivery, err)
 	}
@@ -232,6 +237,33 @@ func TestIdlePreviewIsDestroyedAndCommentingRedeployBringsItBack(t *testing.T) {
 	}
 	if rep, err := w.reaper.Sweep(ctx); err != nil || len(rep.Idle) != 0 {
 		t.Errorf("reaped right after the redeploy: %v, %v", ids(rep.Idle), err)
+	}
+}
+
+// TestOnlyAWritersCommandKeepsAPreviewAlive: on a public repository anyone
+// may comment; a command the worker refuses, and help, must not reset the
+// TTL, or a stranger could keep a preview's machine running, billed, for
+// ever.
+func TestOnlyAWritersCommandKeepsAPreviewAlive(t *testing.T) {
+	w := newWorld(t, reaper.Config{})
+	ctx := context.Background()
+	pr, _ := w.openPR()
+	w.waitFor("the preview is ready", func() bool { return w.env(pr).ObservedState == store.ObservedRunning })
+	e := w.env(pr)
+	exec(t, w.db, `UPDATE environments SET touched_at = now() - interval '2 hours 1 minute' WHERE id = ?`, e.ID)
+	exec(t, w.db, `UPDATE deployments SET finished_at = now() - interval '2 hours 1 minute' WHERE environment_id = ?`, e.ID)
+
+	w.commentAs(pr, "mallory", "read", "/stagely redeploy")
+	w.commentAs(pr, "mallory", "read", "/stagely help")
+	w.waitFor("both comments are handled", func() bool {
+		var pending int
+		err := w.db.NewRaw(`SELECT count(*) FROM commands WHERE environment_id = ? AND status = ?`, e.ID, store.CommandPending).Scan(ctx, &pending)
+		e := w.env(pr)
+		return err == nil && pending == 0 && e.IntentSeq == e.HandledSeq
+	})
+	rep, err := w.reaper.Sweep(ctx)
+	if err != nil || len(rep.Idle) != 1 || rep.Idle[0].EnvironmentID != e.ID {
+		t.Fatalf("sweep after a reader's comments reaped %v, %v; want [%d]", ids(rep.Idle), err, e.ID)
 	}
 }
 

@@ -65,7 +65,10 @@ type CommandIntent struct {
 
 // RecordCommand stores a command for the reconciler to authorise and carry
 // out. A pull request Stagely has not seen yet gets an environment with no
-// desired SHA; the reconciler looks its head up if the command deploys.
+// desired SHA; the reconciler looks its head up if the command deploys. It
+// does not touch the environment (its idle clock): anyone may comment, and
+// only a command the reconciler carries out for a writer keeps a preview
+// alive.
 func RecordCommand(ctx context.Context, tx bun.IDB, in CommandIntent) (envID int64, err error) {
 	if err := EnsureRepository(ctx, tx, in.Repo); err != nil {
 		return 0, err
@@ -79,7 +82,7 @@ INSERT INTO environments (repository_id, installation_id, owner, repo, pr_number
                           desired_state, desired_sha, desired_generation)
 VALUES (?, ?, ?, ?, ?, ?, 'running', '', 0)
 ON CONFLICT (repository_id, pr_number) DO UPDATE SET
-    intent_seq = environments.intent_seq + 1, next_attempt_at = now(), touched_at = now(), updated_at = now()
+    intent_seq = environments.intent_seq + 1, next_attempt_at = now(), updated_at = now()
 RETURNING id`,
 		in.Repo.RepositoryID, in.Repo.InstallationID, in.Repo.Owner, in.Repo.Name, in.PRNumber, hash).Scan(ctx, &envID)
 	if err != nil {
