@@ -123,7 +123,7 @@ var _ API = (*github.IssuesService)(nil)
 // left alone when its body is already body. A deleted comment (404), or an
 // id that is not this pull request's sticky comment, falls through to a
 // search of every page of the pull request's comments for the oldest one
-// that holds Marker and was written by botLogin (for a GitHub App,
+// that starts with Marker and was written by botLogin (for a GitHub App,
 // "<slug>[bot]"); a human quoting the marker is never matched. If there is
 // none, the comment is created.
 //
@@ -131,8 +131,8 @@ var _ API = (*github.IssuesService)(nil)
 // serialise work per pull request (the reconciler's lease does).
 func Upsert(ctx context.Context, api API, owner, repo string, pr int, botLogin string, knownID int64, body string) (id int64, changed bool, err error) {
 	where := fmt.Sprintf("%s/%s#%d", owner, repo, pr)
-	if !strings.Contains(body, Marker) {
-		return 0, false, fmt.Errorf("upsert sticky comment on %s: body lacks the marker, so it could never be found again", where)
+	if !strings.HasPrefix(body, Marker) {
+		return 0, false, fmt.Errorf("upsert sticky comment on %s: body does not start with the marker, so it could never be found again", where)
 	}
 	if botLogin == "" {
 		return 0, false, fmt.Errorf("upsert sticky comment on %s: empty bot login", where)
@@ -185,8 +185,11 @@ func findSticky(ctx context.Context, api API, owner, repo string, pr int, botLog
 }
 
 // isSticky reports whether c is the bot's sticky comment on pull request pr.
+// The marker must open the body, as RenderSticky puts it: the bot's
+// replies quote what commenters wrote, so the marker can appear further
+// down a comment of the bot's that is not the sticky.
 func isSticky(c *github.IssueComment, pr int, botLogin string) bool {
-	if c == nil || !strings.Contains(c.GetBody(), Marker) || !strings.EqualFold(c.GetUser().GetLogin(), botLogin) {
+	if c == nil || !strings.HasPrefix(c.GetBody(), Marker) || !strings.EqualFold(c.GetUser().GetLogin(), botLogin) {
 		return false
 	}
 	u := c.GetIssueURL()

@@ -66,6 +66,36 @@ func TestRenderStickyMatchesGoldenFiles(t *testing.T) {
 	}
 }
 
+// A preview URL ends in the path the pull request's .stagely.yml gives,
+// which may hold anything but white space and control characters. GitHub
+// ends its linking of a bare URL at "<", so what follows would be
+// Markdown of the author's choosing in the bot's comment: a link that
+// looks like Stagely's, an image, an @mention that notifies people or
+// teams. The URL must be one autolink, inside which nothing is parsed.
+func TestRenderStickyShowsAPreviewURLAsOneLink(t *testing.T) {
+	const path = "/<[✅_Open_preview](https://attacker.example/login)<![](https://attacker.example/t.png)<@acme/security|x"
+	s := stickies()[StateReady]
+	s.Previews = []checks.Preview{{Name: "web", URL: "https://k3x9q2.preview.example.com" + path}}
+	body, err := RenderSticky(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(body, "\n") {
+		cell, ok := strings.CutPrefix(line, "| web | ")
+		if !ok {
+			continue
+		}
+		cell = strings.TrimSuffix(cell, " |")
+		inner, opened := strings.CutPrefix(cell, "<https://k3x9q2.preview.example.com/")
+		inner, closed := strings.CutSuffix(inner, ">")
+		if !opened || !closed || strings.ContainsAny(inner, "<>| ") {
+			t.Errorf("the URL cell is not one autolink: %s", cell)
+		}
+		return
+	}
+	t.Fatalf("no row for the preview:\n%s", body)
+}
+
 func TestRenderStickyMasksSecretsButNeverTheMarker(t *testing.T) {
 	s := stickies()[StateFailed]
 	s.Secrets = append(s.Secrets, "stagely", "web")
@@ -193,6 +223,26 @@ func TestUpsertIgnoresTheMarkerInAHumansComment(t *testing.T) {
 		t.Fatalf("Upsert = %d, %v, %v (human comment %d)", id, changed, err, human)
 	}
 	if f.count("POST ") != 1 || f.count("PATCH ") != 0 || !strings.HasPrefix(f.body(human), "> ") {
+		t.Errorf("requests %v", f.requests)
+	}
+}
+
+// A commenter can make the bot quote the marker back: the reply to an
+// unknown command shows the command as typed. That reply is the bot's
+// but not the sticky; taking it for the sticky would overwrite it, and a
+// reply posted before the first sticky would become the sticky.
+func TestUpsertIgnoresTheMarkerQuotedInTheBotsOwnReply(t *testing.T) {
+	f, gh := newFake(t)
+	quoted := Parse(`/stagely "` + Marker + `"`).Reply
+	if !strings.Contains(quoted, Marker) {
+		t.Fatalf("the reply does not quote the marker, so this test tests nothing:\n%s", quoted)
+	}
+	reply := f.add(7, bot, "<!-- stagely:reply:1 -->\n"+quoted)
+	id, changed, err := Upsert(context.Background(), gh.Issues, "acme", "shop", 7, bot, 0, Marker+"\nqueued")
+	if err != nil || !changed || id == reply {
+		t.Fatalf("Upsert = %d, %v, %v (the bot's reply is %d)", id, changed, err, reply)
+	}
+	if f.count("POST ") != 1 || f.count("PATCH ") != 0 {
 		t.Errorf("requests %v", f.requests)
 	}
 }

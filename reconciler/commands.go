@@ -205,7 +205,9 @@ func (s *session) react(ctx context.Context, c *store.Command, content string) e
 // replyOnce answers a command on the pull request, exactly once: the reply
 // carries a marker naming the command, looked for before posting, so a
 // crash between posting and recording does not post twice. Button presses
-// have no comment to answer and are answered on the pull request too.
+// have no comment to answer and are answered on the pull request too. The
+// marker counts only as the reply's first line: replies quote what
+// commenters wrote, so a marker can appear further down any of them.
 func (s *session) replyOnce(ctx context.Context, c *store.Command, body string) error {
 	marker := fmt.Sprintf("<!-- stagely:reply:%d -->", c.ID)
 	opts := &github.IssueListCommentsOptions{ListOptions: github.ListOptions{PerPage: 100}}
@@ -215,7 +217,7 @@ func (s *session) replyOnce(ctx context.Context, c *store.Command, body string) 
 			return fmt.Errorf("list comments of #%d: %w", s.env.PRNumber, err)
 		}
 		for _, ic := range cs {
-			if ic.GetUser().GetLogin() == s.r.cfg.BotLogin && strings.Contains(ic.GetBody(), marker) {
+			if ic.GetUser().GetLogin() == s.r.cfg.BotLogin && strings.HasPrefix(ic.GetBody(), marker+"\n") {
 				return nil
 			}
 		}

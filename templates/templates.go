@@ -39,6 +39,7 @@ const partials = "partials.md.tmpl"
 //	code      s                  -> an inline code span that s cannot break out of
 //	fence     s                  -> a fenced code block that s cannot break out of
 //	cell      s                  -> s made safe for one Markdown table cell
+//	link      url                -> an autolink that url cannot break out of, safe in a table cell
 func Parse(name string) (*template.Template, error) {
 	t, err := template.New(name).Funcs(funcs()).Option("missingkey=error").ParseFS(FS, name, partials)
 	if err != nil {
@@ -105,6 +106,7 @@ func funcs() template.FuncMap {
 		"code":      code,
 		"fence":     fence,
 		"cell":      cell,
+		"link":      link,
 	}
 }
 
@@ -201,6 +203,30 @@ func fence(s string) string {
 // line breaks become spaces.
 func cell(s string) string {
 	return strings.NewReplacer("|", `\|`, "\r\n", " ", "\n", " ", "\r", " ").Replace(s)
+}
+
+// link writes url as a CommonMark autolink, <url>, inside which GitHub
+// parses no Markdown, HTML or @mention. A preview URL ends in a path from
+// the pull request's .stagely.yml: written bare, GitHub's own linking of
+// it stops at "<", and the rest would be a link, an image or a mention of
+// the author's choosing. What an autolink cannot hold (white space,
+// control characters, "<" and ">") and the "|" that would end a table
+// cell are percent-encoded, which leaves the URL's meaning alone. Text
+// that is no http(s) URL is not linked: it becomes a code span.
+func link(url string) string {
+	var b strings.Builder
+	for i := 0; i < len(url); i++ {
+		if c := url[i]; c <= ' ' || c == 0x7f || c == '<' || c == '>' || c == '|' {
+			fmt.Fprintf(&b, "%%%02X", c)
+		} else {
+			b.WriteByte(c)
+		}
+	}
+	s := b.String()
+	if lower := strings.ToLower(s); !strings.HasPrefix(lower, "https://") && !strings.HasPrefix(lower, "http://") {
+		return code(url)
+	}
+	return "<" + s + ">"
 }
 
 func longestRun(s string, c byte) int {

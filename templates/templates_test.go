@@ -117,6 +117,22 @@ func TestFenceIsLongerThanAnyBacktickRunInside(t *testing.T) {
 	}
 }
 
+func TestLinkIsOneAutolinkItsURLCannotLeave(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"https://pr-7.preview.example.com", "<https://pr-7.preview.example.com>"},
+		{"https://h.example/<[x](https://evil.example)", "<https://h.example/%3C[x](https://evil.example)>"},
+		{"https://h.example/a>b|c d\te", "<https://h.example/a%3Eb%7Cc%20d%09e>"},
+		{"HTTP://h.example/é", "<HTTP://h.example/é>"},
+		{"javascript:alert(1)", "`javascript:alert(1)`"},
+		{"", ""},
+	}
+	for _, tt := range tests {
+		if got := link(tt.in); got != tt.want {
+			t.Errorf("link(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
 func TestCellEscapesPipesAndNewlines(t *testing.T) {
 	if got, want := cell("a|b\nc"), `a\|b c`; got != want {
 		t.Errorf("cell = %q, want %q", got, want)
