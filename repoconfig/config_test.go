@@ -276,11 +276,16 @@ func TestParseRejects(t *testing.T) {
 		{"preview paths", "version: 1\npreviews:\n" +
 			"  - {name: a, service: a, port: 1, path: x}\n" +
 			"  - {name: b, service: a, port: 1, path: //evil.example}\n" +
-			"  - {name: c, service: a, port: 1, path: /a b}\n",
+			"  - {name: c, service: a, port: 1, path: /a b}\n" +
+			"  - {name: d, service: a, port: 1, path: '/x<![](https://evil.example/t.png)'}\n" +
+			"  - {name: e, service: a, port: 1, path: /café}\n" +
+			"  - {name: f, service: a, port: 1, path: '/app/#/board?tab=1&x=%2F'}\n",
 			[]string{
 				`line 3: previews[0].path: must start with "/", got "x"`,
 				`line 4: previews[1].path: must not start with "//"`,
 				`line 5: previews[2].path: must not contain spaces or control characters (escape them, like %20)`,
+				`line 6: previews[3].path: must hold only the characters of a URL (escape '<' as %3C)`,
+				`line 7: previews[4].path: must hold only the characters of a URL (escape 'é' as %C3%A9)`,
 			}},
 		{"compose paths", "version: 1\n" + previews + "compose:\n" +
 			"  - ../outside.yml\n  - /etc/compose.yml\n  - '-'\n  - deploy/\n  - 'a\\b.yml'\n  - ./ok.yml\n  - ok.yml\n  - ''\n  - .\n",

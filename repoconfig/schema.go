@@ -2,11 +2,13 @@ package repoconfig
 
 import (
 	"fmt"
+	"net/url"
 	"path"
 	"regexp"
 	"slices"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
@@ -247,8 +249,26 @@ func checkURLPath(s string) string {
 		return "must be at most 1024 characters"
 	case strings.IndexFunc(s, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
 		return "must not contain spaces or control characters (escape them, like %20)"
+	case strings.IndexFunc(s, func(r rune) bool { return !urlPathChar(r) }) >= 0:
+		// The path ends the preview URL in the PR comment and the Check
+		// Run: a character a URL cannot hold would end it there, and the
+		// rest would be Markdown of the author's making.
+		i := strings.IndexFunc(s, func(r rune) bool { return !urlPathChar(r) })
+		r, _ := utf8.DecodeRuneInString(s[i:])
+		return fmt.Sprintf("must hold only the characters of a URL (escape %q as %s)", r, url.PathEscape(string(r)))
 	}
 	return ""
+}
+
+// urlPathChar reports whether r may appear as it is in a URL's path,
+// query or fragment (RFC 3986: unreserved, sub-delims, ":", "@", "/",
+// "?", "#" and the "%" of an escape).
+func urlPathChar(r rune) bool {
+	switch {
+	case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z', '0' <= r && r <= '9':
+		return true
+	}
+	return strings.ContainsRune("-._~!$&'()*+,;=:@/?#%", r)
 }
 
 func (d *decoder) health(v *yaml.Node) Health {
