@@ -251,6 +251,18 @@ func (s *session) status(ctx context.Context) (comments.Sticky, error) {
 		for _, p := range d.Previews {
 			st.Previews = append(st.Previews, checks.Preview{Name: p.Name, URL: p.URL})
 		}
+	case store.ObservedFailed, store.ObservedInvalidConfig:
+		// The environment's last_error is cleared once an outcome is
+		// observed; why it failed is the deployment's.
+		var d store.Deployment
+		err := s.r.cfg.DB.NewSelect().Model(&d).Column("error").
+			Where("environment_id = ? AND generation = ?", e.ID, e.ObservedGeneration).Scan(ctx)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return st, fmt.Errorf("outcome of environment %d: %w", e.ID, err)
+		}
+		if d.Error != "" {
+			st.Err = d.Error
+		}
 	case store.ObservedNew:
 		st.State = comments.StateQueued
 	}

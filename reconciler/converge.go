@@ -225,6 +225,7 @@ func (s *session) deploy(ctx context.Context) error {
 		return s.observe(ctx, g, store.ObservedNotEnabled, sha)
 	case errors.As(err, &perr):
 		msg := repoconfig.FileName + " is invalid:\n" + perr.Error()
+		d.Error = msg // for /stagely status
 		rep := checks.Report{Status: "completed", Conclusion: "failure", SHA: sha, Now: now, Err: msg,
 			Steps: []checks.Step{{Name: "Read " + repoconfig.FileName, State: checks.StepFailed, StartedAt: now, FinishedAt: now}}}
 		if err := s.complete(ctx, d, rep); err != nil {

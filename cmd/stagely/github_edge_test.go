@@ -16,6 +16,7 @@ import (
 
 	"github.com/stagely-dev/stagely/reconciler"
 	"github.com/stagely-dev/stagely/reconciler/reconcilertest"
+	"github.com/stagely-dev/stagely/store"
 )
 
 // revocable puts w's GitHub behind a switch: once revoked, every REST call
@@ -175,6 +176,50 @@ func TestADeletedCommandCommentWedgesNothing(t *testing.T) {
 }
 
 // /stagely status on a live preview must say where the preview is.
+// TestStatusReplyForAFailedPreviewSaysWhy: /stagely status on a preview
+// whose deploy failed, or whose .stagely.yml is invalid, says what went
+// wrong, as the sticky comment does.
+func TestStatusReplyForAFailedPreviewSaysWhy(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		files map[string]string
+		fail  *reconciler.DeployError
+		want  string
+	}{
+		{"a failed deploy", nil, &reconciler.DeployError{Step: "Build", Reason: "service web: exit code 3"}, "exit code 3"},
+		{"an invalid .stagely.yml", map[string]string{".stagely.yml": "version: 1\npreviews: 7\n"}, nil, "previews"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newWorld(t, nil)
+			d := reconcilertest.New()
+			d.Block() // the SHA is known only once the PR exists
+			w.serve(d, 2)
+			spec := prSpec("broken")
+			for k, v := range tt.files {
+				spec.Files[k] = v
+			}
+			pr, err := w.sim.OpenPR(context.Background(), spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.fail != nil {
+				d.FailSHA(pr.SHA, tt.fail)
+			}
+			d.Unblock()
+			w.completed(pr.SHA, "failure", 5*time.Second)
+			eventually(t, 2*time.Second, func() (bool, string) {
+				e := w.environment(pr.Number)
+				return e.ObservedState == store.ObservedFailed || e.ObservedState == store.ObservedInvalidConfig, "not failed yet"
+			})
+			w.comment(pr.Number, "alice", "write", "/stagely status")
+			eventually(t, 5*time.Second, func() (bool, string) { return len(w.replies(pr.Number)) == 1, "no status reply" })
+			if body := w.replies(pr.Number)[0].Body; !strings.Contains(body, tt.want) {
+				t.Fatalf("status reply lacks %q:\n%s", tt.want, body)
+			}
+		})
+	}
+}
+
 func TestStatusReplyGivesThePreviewURL(t *testing.T) {
 	w := newWorld(t, nil)
 	d := reconcilertest.New()
