@@ -82,6 +82,9 @@ INSERT INTO environments (repository_id, installation_id, owner, repo, pr_number
                           desired_state, desired_sha, desired_generation)
 VALUES (?, ?, ?, ?, ?, ?, 'running', '', 0)
 ON CONFLICT (repository_id, pr_number) DO UPDATE SET
+    -- A repository keeps its id when renamed or transferred: the worker
+    -- must reach it as the command's event names it, not as it was.
+    installation_id = excluded.installation_id, owner = excluded.owner, repo = excluded.repo,
     intent_seq = environments.intent_seq + 1, next_attempt_at = now(), updated_at = now()
 RETURNING id`,
 		in.Repo.RepositoryID, in.Repo.InstallationID, in.Repo.Owner, in.Repo.Name, in.PRNumber, hash).Scan(ctx, &envID)
