@@ -107,7 +107,7 @@ func appPermissions() obj {
 }
 
 func appEvents() []string {
-	return []string{"check_run", "check_suite", "issue_comment", "pull_request"}
+	return []string{"check_run", "issue_comment", "pull_request"}
 }
 
 func (s *Sim) appJSON() obj {
