@@ -143,33 +143,6 @@ func TestRenderMatchesGoldenFiles(t *testing.T) {
 	}
 }
 
-// A preview URL ends in a path from the pull request's .stagely.yml (see
-// the same test of package comments): in the summary it must be one
-// autolink, or the author writes Markdown (links, images) into the check.
-func TestRenderShowsAPreviewURLAsOneLink(t *testing.T) {
-	const path = "/<[✅_Open_preview](https://attacker.example/login)<![](https://attacker.example/t.png)|x"
-	r := reports()["success"]
-	r.Previews = []Preview{{Name: "web", URL: "https://k3x9q2.preview.example.com" + path}}
-	out, err := Render(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(out.GetSummary(), "\n") {
-		cell, ok := strings.CutPrefix(line, "| web | ")
-		if !ok {
-			continue
-		}
-		cell = strings.TrimSuffix(cell, " |")
-		inner, opened := strings.CutPrefix(cell, "<https://k3x9q2.preview.example.com/")
-		inner, closed := strings.CutSuffix(inner, ">")
-		if !opened || !closed || strings.ContainsAny(inner, "<>| ") {
-			t.Errorf("the URL cell is not one autolink: %s", cell)
-		}
-		return
-	}
-	t.Fatalf("no row for the preview:\n%s", out.GetSummary())
-}
-
 func TestRenderFailureMasksSecretsInEveryField(t *testing.T) {
 	r := reports()["failure"]
 	r.Title = "Failed with " + secret

@@ -74,26 +74,41 @@ func TestRenderStickyMatchesGoldenFiles(t *testing.T) {
 // teams. The URL must be one autolink, inside which nothing is parsed.
 func TestRenderStickyShowsAPreviewURLAsOneLink(t *testing.T) {
 	const path = "/<[✅_Open_preview](https://attacker.example/login)<![](https://attacker.example/t.png)<@acme/security|x"
-	s := stickies()[StateReady]
-	s.Previews = []checks.Preview{{Name: "web", URL: "https://k3x9q2.preview.example.com" + path}}
-	body, err := RenderSticky(s)
-	if err != nil {
-		t.Fatal(err)
+	previews := []checks.Preview{{Name: "web", URL: "https://k3x9q2.preview.example.com" + path}}
+	sticky := func() (string, error) {
+		s := stickies()[StateReady]
+		s.Previews = previews
+		return RenderSticky(s)
 	}
-	for _, line := range strings.Split(body, "\n") {
-		cell, ok := strings.CutPrefix(line, "| web | ")
-		if !ok {
-			continue
-		}
-		cell = strings.TrimSuffix(cell, " |")
-		inner, opened := strings.CutPrefix(cell, "<https://k3x9q2.preview.example.com/")
-		inner, closed := strings.CutSuffix(inner, ">")
-		if !opened || !closed || strings.ContainsAny(inner, "<>| ") {
-			t.Errorf("the URL cell is not one autolink: %s", cell)
-		}
-		return
+	// The Check Run's summary has the same table (Check Runs notify
+	// nobody, but a link or an image there misleads as much).
+	summary := func() (string, error) {
+		out, err := checks.Render(checks.Report{Status: "completed", Conclusion: "success", SHA: "0123456789abcdef",
+			Now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Previews: previews})
+		return out.GetSummary(), err
 	}
-	t.Fatalf("no row for the preview:\n%s", body)
+	for name, render := range map[string]func() (string, error){"sticky comment": sticky, "check run summary": summary} {
+		t.Run(name, func(t *testing.T) {
+			body, err := render()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, line := range strings.Split(body, "\n") {
+				cell, ok := strings.CutPrefix(line, "| web | ")
+				if !ok {
+					continue
+				}
+				cell = strings.TrimSuffix(cell, " |")
+				inner, opened := strings.CutPrefix(cell, "<https://k3x9q2.preview.example.com/")
+				inner, closed := strings.CutSuffix(inner, ">")
+				if !opened || !closed || strings.ContainsAny(inner, "<>| ") {
+					t.Errorf("the URL cell is not one autolink: %s", cell)
+				}
+				return
+			}
+			t.Fatalf("no row for the preview:\n%s", body)
+		})
+	}
 }
 
 func TestRenderStickyMasksSecretsButNeverTheMarker(t *testing.T) {
