@@ -177,6 +177,33 @@ API.app.localhost.   token-one-0123456789
 	}
 }
 
+// The route file holds secrets: with its columns swapped, the first field
+// is the token, and an error that quoted it would put it in the logs. A
+// file without a route is refused: it is read only at start, so the proxy
+// could only answer 404.
+func TestStaticRouteFileErrorsQuoteNoToken(t *testing.T) {
+	const secret = "s3cret/Token+0123456789="
+	bad := []struct{ name, file, want string }{
+		{"swapped columns", secret + " app.localhost\n", "routes:1"},
+		{"swapped, a short hostname", "s3cret.token.0123456789 a.localhost\n", "routes:1"},
+		{"swapped twice, long hostnames", "s3cret.token.0123456789 app.example.localhost\ns3cret.token.0123456789 api.example.localhost\n", "routes:2"},
+		{"nothing but comments", "# app.localhost token\n\n", "no routes"},
+		{"empty", "", "no routes"},
+	}
+	for _, b := range bad {
+		_, err := ParseStaticRoutes("routes", strings.NewReader(b.file))
+		if err == nil || !strings.Contains(err.Error(), b.want) {
+			t.Errorf("%s: err = %v, want it to mention %q", b.name, err, b.want)
+			continue
+		}
+		for _, tok := range []string{secret, "s3cret.token.0123456789"} {
+			if strings.Contains(err.Error(), tok) {
+				t.Errorf("%s: err = %v quotes the token", b.name, err)
+			}
+		}
+	}
+}
+
 func TestNormalizeHost(t *testing.T) {
 	tests := []struct {
 		in, want string

@@ -27,6 +27,8 @@ import (
 //	*.demo.localhost     s3cret-token-2
 type StaticRoutes struct {
 	byHash map[string]tunnel.Identity // sha256(token) → identity
+	name   string                     // the file, for error messages
+	lines  map[string]int             // hostname or pattern → line
 }
 
 // ParseStaticRoutes reads a route file; name is used in error messages.
@@ -48,15 +50,17 @@ func ParseStaticRoutes(name string, r io.Reader) (*StaticRoutes, error) {
 			return nil, fmt.Errorf("%s:%d: want \"HOSTNAME TOKEN\", got %d fields", name, n, len(f))
 		}
 		host, ok := normalizePattern(f[0])
+		// The messages name no field: with the columns swapped, the
+		// first one is the token, and errors end up in logs.
 		if !ok {
-			return nil, fmt.Errorf("%s:%d: %q is not a hostname or *.parent pattern", name, n, f[0])
+			return nil, fmt.Errorf("%s:%d: the first field is not a hostname or *.parent pattern (want \"HOSTNAME TOKEN\")", name, n)
 		}
 		if prev, dup := seen[host]; dup {
-			return nil, fmt.Errorf("%s:%d: hostname %s already listed on line %d", name, n, host, prev)
+			return nil, fmt.Errorf("%s:%d: this hostname is already listed on line %d", name, n, prev)
 		}
 		seen[host] = n
 		if len(f[1]) < 16 {
-			return nil, fmt.Errorf("%s:%d: token for %s is shorter than 16 characters", name, n, host)
+			return nil, fmt.Errorf("%s:%d: the token is shorter than 16 characters (want \"HOSTNAME TOKEN\")", name, n)
 		}
 		h := tokenHash(f[1])
 		hosts[h] = append(hosts[h], host)
@@ -64,7 +68,12 @@ func ParseStaticRoutes(name string, r io.Reader) (*StaticRoutes, error) {
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", name, err)
 	}
-	s := &StaticRoutes{byHash: map[string]tunnel.Identity{}}
+	// The file is read once, at start: without a route the proxy could
+	// only ever answer 404.
+	if len(seen) == 0 {
+		return nil, fmt.Errorf("%s: no routes: want lines of \"HOSTNAME TOKEN\"", name)
+	}
+	s := &StaticRoutes{byHash: map[string]tunnel.Identity{}, name: name, lines: seen}
 	for h, hs := range hosts {
 		sort.Strings(hs)
 		id := "static-" + h[:16]
@@ -100,6 +109,27 @@ func (s *StaticRoutes) Authenticate(_ context.Context, token string) (tunnel.Ide
 		return tunnel.Identity{}, tunnel.ErrBadToken
 	}
 	return id, nil
+}
+
+// CheckDomain refuses a hostname or pattern that a proxy serving only
+// single labels under domain would never route: its visitors would get
+// 404 with nothing to say why. An empty domain routes every host.
+func (s *StaticRoutes) CheckDomain(domain string) error {
+	if domain == "" {
+		return nil
+	}
+	hosts := make([]string, 0, len(s.lines))
+	for h := range s.lines {
+		hosts = append(hosts, h)
+	}
+	sort.Slice(hosts, func(i, j int) bool { return s.lines[hosts[i]] < s.lines[hosts[j]] })
+	for _, h := range hosts {
+		parent, pattern := strings.CutPrefix(h, "*.")
+		if pattern && parent != domain || !pattern && !underDomain(h, domain) {
+			return fmt.Errorf("%s:%d: the hostname is not a single label under the preview domain %s, which alone is routed", s.name, s.lines[h], domain)
+		}
+	}
+	return nil
 }
 
 // Len is the number of agents (distinct tokens) in the file.

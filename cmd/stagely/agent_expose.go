@@ -39,6 +39,10 @@ func (e exposeFlag) Set(v string) error {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return fmt.Errorf("%s: address %q: %w", host, addr, err)
 		}
+		// One address per host: a later one would silently win.
+		if prev, ok := e[host]; ok && prev != addr {
+			return fmt.Errorf("%s is exposed twice, at %s and at %s", host, prev, addr)
+		}
 		e[host] = addr
 	}
 	return nil
@@ -140,7 +144,7 @@ func runAgentExpose(ctx context.Context, cfg agentExposeConfig, stdout, stderr i
 				}
 			}
 			for h, addr := range cfg.expose {
-				if !tunnel.HostAllowed(w.Hostnames, h) && !strings.HasPrefix(h, "*") {
+				if !exposeGranted(w.Hostnames, h) {
 					log.Warn().Str("hostname", h).Msg("exposed, but the proxy does not route this hostname to this agent")
 					continue
 				}
@@ -156,4 +160,20 @@ func runAgentExpose(ctx context.Context, cfg agentExposeConfig, stdout, stderr i
 		return fmt.Errorf("the proxy refused this agent: %w", err)
 	}
 	return err
+}
+
+// exposeGranted reports whether the proxy routes to this agent a hostname
+// that the exposed h (a name, *.parent or *) serves: a name the grants
+// cover, or a grant that h's pattern covers.
+func exposeGranted(grants []string, h string) bool {
+	if tunnel.HostAllowed(grants, h) {
+		return true
+	}
+	one := tunnel.Forward{Targets: map[string]string{h: ""}}
+	for _, g := range grants {
+		if _, ok := one.Target(g); ok {
+			return true
+		}
+	}
+	return false
 }

@@ -46,7 +46,7 @@ func (c *proxyConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.tunnelAddr, "tunnel-addr", ":4443", "listen address agents dial (TLS)")
 	fs.StringVar(&c.tunnelCert, "tunnel-cert-file", "", "certificate (PEM) of the tunnel listener; empty: a development CA is made (see --dev-ca-file)")
 	fs.StringVar(&c.tunnelKey, "tunnel-key-file", "", "private key (PEM) for --tunnel-cert-file")
-	fs.StringVar(&c.devCAFile, "dev-ca-file", "", "without --tunnel-cert-file: where to write the development CA's certificate, for agents' --ca")
+	fs.StringVar(&c.devCAFile, "dev-ca-file", "", "without --tunnel-cert-file: where to write the development CA's certificate, for agents' --ca; its key is kept in FILE.key, so agents trust the proxy again after a restart")
 	fs.StringVar(&c.devCANames, "dev-ca-names", "localhost,127.0.0.1", "comma-separated names and IPs the development certificate covers (what agents dial)")
 	fs.StringVar(&c.routesFile, "routes", "", "static route file, lines of \"HOSTNAME TOKEN\" (standalone use, required)")
 	fs.StringVar(&c.previewDomain, "preview-domain", "", "only single labels under this domain are routed, e.g. preview.example.com; empty: any routed host")
@@ -141,12 +141,16 @@ func runProxy(ctx context.Context, cfg proxyConfig, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
+	previewDomain := strings.ToLower(strings.TrimSuffix(cfg.previewDomain, "."))
+	if err := routes.CheckDomain(previewDomain); err != nil {
+		return fmt.Errorf("--routes and %s: %w", setting("preview-domain"), err)
+	}
 	tunnelTLS, err := proxyTunnelTLS(cfg, stdout)
 	if err != nil {
 		return err
 	}
 	pc := proxy.Config{
-		PreviewDomain: strings.ToLower(strings.TrimSuffix(cfg.previewDomain, ".")),
+		PreviewDomain: previewDomain,
 		TunnelTLS:     tunnelTLS,
 		Authenticator: routes,
 		Logger:        log,
@@ -253,9 +257,12 @@ func proxyTunnelTLS(cfg proxyConfig, stdout io.Writer) (*tls.Config, error) {
 		}
 		return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}, nil
 	}
-	ca, err := tunnel.NewDevCA()
+	// Agents trust the CA file they were started with: a new CA at every
+	// start would strand them all at the proxy's first restart. The CA is
+	// kept, its key beside it, as the server keeps its own.
+	ca, err := tunnelCA(cfg.devCAFile, cfg.devCAFile+".key")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("--dev-ca-file: %w", err)
 	}
 	var names []string
 	for _, n := range strings.Split(cfg.devCANames, ",") {
