@@ -87,5 +87,6 @@ func Handlers(b *Base) []githubapp.EventHandler {
 		&IssueCommentHandler{Base: b},
 		&CheckRunHandler{Base: b},
 		&InstallationHandler{Base: b},
+		&RepositoryHandler{Base: b},
 	}
 }

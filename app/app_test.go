@@ -206,6 +206,11 @@ func expect(event string, p payload) expectation {
 		return expectation{status: 200}
 	case "installation_repositories":
 		return expectation{status: 200, installations: 1, repos: len(p.RepositoriesAdded)}
+	case "repository":
+		if installed && (p.Action == "renamed" || p.Action == "transferred") {
+			return expectation{status: 200, installations: 1, repos: 1}
+		}
+		return expectation{status: 200}
 	}
 	return expectation{status: http.StatusAccepted}
 }

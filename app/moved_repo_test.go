@@ -62,3 +62,49 @@ func TestCommandAfterRepositoryMovedUsesNewNames(t *testing.T) {
 		})
 	}
 }
+
+// TestRepositoryRenamedOrTransferredIsFollowed: the repository event of a
+// rename or a transfer moves the environments of its open pull requests
+// to the new names and installation, so that a worker with no event in
+// between (the reaper's destroy, a retry) still reaches the repository.
+func TestRepositoryRenamedOrTransferredIsFollowed(t *testing.T) {
+	cases := []struct {
+		file         string
+		installation int64
+		owner, repo  string
+	}{
+		{"repository.renamed.1.json", 1, "Codertocat", "Hello-Universe"},
+		{"repository.transferred.1.json", 2, "Octocoders", "Hello-World"},
+	}
+	for i, c := range cases {
+		t.Run(c.file, func(t *testing.T) {
+			in := newIntake(t, 0)
+			opened := recorded(t, "pull_request.opened.2.json") // Codertocat/Hello-World#2, installation 1
+			if w := in.post("pull_request", fmt.Sprintf("open-%d", i), opened, sign(opened, secret)); w.Code != http.StatusOK {
+				t.Fatalf("opened: %d %s", w.Code, w.Body)
+			}
+			pr := decodeRecorded(t, "pull_request.opened.2.json")
+			m := decodeRecorded(t, c.file)
+			m["installation"] = map[string]any{"id": c.installation, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uMQ=="}
+			r := m["repository"].(map[string]any)
+			r["id"] = pr["repository"].(map[string]any)["id"]
+			r["name"], r["full_name"] = c.repo, c.owner+"/"+c.repo
+			r["owner"].(map[string]any)["login"] = c.owner
+			body := mustJSON(t, m)
+			if w := in.post("repository", fmt.Sprintf("moved-%d", i), body, sign(body, secret)); w.Code != http.StatusOK {
+				t.Fatalf("repository event: %d %s", w.Code, w.Body)
+			}
+			var envs []store.Environment
+			if err := in.db.NewSelect().Model(&envs).Scan(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if len(envs) != 1 {
+				t.Fatalf("%d environments, want the pull request's one", len(envs))
+			}
+			if e := envs[0]; e.InstallationID != c.installation || e.FullName() != c.owner+"/"+c.repo {
+				t.Errorf("environment reaches %s through installation %d, want %s/%s through %d",
+					e.FullName(), e.InstallationID, c.owner, c.repo, c.installation)
+			}
+		})
+	}
+}

@@ -107,7 +107,7 @@ func appPermissions() obj {
 }
 
 func appEvents() []string {
-	return []string{"check_run", "issue_comment", "pull_request"}
+	return []string{"check_run", "issue_comment", "pull_request", "repository"}
 }
 
 func (s *Sim) appJSON() obj {
