@@ -31,10 +31,7 @@ func TestStepsForAGenerationNeverHandedAreRefused(t *testing.T) {
 	bus := kv.NewMemory()
 	h := &fleet.Handler{DB: db, Bus: bus, Tarballs: tarballs{}, Recheck: 50 * time.Millisecond}
 	envID := newEnvironment(t, db)
-	if _, err := db.ExecContext(ctx, `INSERT INTO agents (environment_id, attempt, key, provider, bootstrap_hash, state)
-VALUES (?, 1, 'env-1', 'test', encode(sha256('boot'), 'hex'), 'running')`, envID); err != nil {
-		t.Fatal(err)
-	}
+	runningMachine(t, db, envID, "boot")
 	evil := pipeClient(ctx, h)
 	tok := strings.Repeat("e", 64)
 	if _, err := evil.Exchange(ctx, protocol.ExchangeRequest{BootstrapToken: "boot", AgentToken: tok}); err != nil {
@@ -86,14 +83,11 @@ func TestAStepReportFloodIsBounded(t *testing.T) {
 	h := &fleet.Handler{DB: db, Bus: bus, Tarballs: tarballs{}, Recheck: 50 * time.Millisecond}
 	const flood = 300
 	agent := func(spec provisioner.Spec) {
-		boot, _ := provisioner.ParseCloudInit(spec.UserData)
-		c := pipeClient(ctx, h)
-		tok := strings.Repeat("f", 64)
-		if _, err := c.Exchange(ctx, protocol.ExchangeRequest{BootstrapToken: boot.BootstrapToken, AgentToken: tok}); err != nil {
+		c, err := bootedClient(ctx, h, spec, strings.Repeat("f", 64))
+		if err != nil {
 			t.Error(err)
 			return
 		}
-		c.Token = tok
 		var d *protocol.Deployment
 		for d == nil && ctx.Err() == nil {
 			d, _ = c.Poll(ctx, 0, time.Second)

@@ -23,10 +23,7 @@ func TestASpentBootstrapTokenDoesNotDisplaceTheAgentsSession(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	envID := newEnvironment(t, db)
-	if _, err := db.ExecContext(ctx, `INSERT INTO agents (environment_id, attempt, key, provider, bootstrap_hash, state)
-VALUES (?, 1, 'env-1', 'test', encode(sha256('boot'), 'hex'), 'running')`, envID); err != nil {
-		t.Fatal(err)
-	}
+	runningMachine(t, db, envID, "boot")
 	tok := strings.Repeat("a", 64)
 	x, err := (&fleet.Handler{DB: db}).Exchange(ctx, protocol.ExchangeRequest{BootstrapToken: "boot", AgentToken: tok})
 	if err != nil {

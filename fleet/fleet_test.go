@@ -70,6 +70,22 @@ func (tarballs) Tarball(ctx context.Context, inst int64, owner, repo, sha string
 }
 
 // pipeClient is an agent's protocol client whose streams reach h.
+// bootedClient is the agent of the machine made with spec: it trades the
+// bootstrap token in the machine's user data for token, as an agent does
+// at its first start.
+func bootedClient(ctx context.Context, h protocol.Handler, spec provisioner.Spec, token string) (*protocol.Client, error) {
+	boot, err := provisioner.ParseCloudInit(spec.UserData)
+	if err != nil {
+		return nil, err
+	}
+	c := pipeClient(ctx, h)
+	if _, err := c.Exchange(ctx, protocol.ExchangeRequest{BootstrapToken: boot.BootstrapToken, AgentToken: token}); err != nil {
+		return nil, err
+	}
+	c.Token = token
+	return c, nil
+}
+
 func pipeClient(ctx context.Context, h protocol.Handler) *protocol.Client {
 	srv := &protocol.Server{Handler: h, MaxWait: 2 * time.Second}
 	return &protocol.Client{Dial: func(context.Context) (io.ReadWriteCloser, error) {
@@ -92,18 +108,11 @@ func TestDeployHandsTheAgentItsDeploymentAndFollowsItsReports(t *testing.T) {
 		source     string
 	}
 	agent := func(spec provisioner.Spec) {
-		boot, err := provisioner.ParseCloudInit(spec.UserData)
+		c, err := bootedClient(ctx, h, spec, strings.Repeat("a", 64))
 		if err != nil {
 			t.Error(err)
 			return
 		}
-		c := pipeClient(ctx, h)
-		token := strings.Repeat("a", 64)
-		if _, err := c.Exchange(ctx, protocol.ExchangeRequest{BootstrapToken: boot.BootstrapToken, AgentToken: token}); err != nil {
-			t.Error(err)
-			return
-		}
-		c.Token = token
 		var after int64
 		for ctx.Err() == nil {
 			d, err := c.Poll(ctx, after, time.Second)
@@ -280,6 +289,16 @@ func newEnvironmentFor(t *testing.T, db *bun.DB, pr int) int64 {
 		t.Fatalf("environment: %d, %v", id, err)
 	}
 	return id
+}
+
+// runningMachine records a running machine for environment env whose
+// agent has yet to trade bootstrap for its token.
+func runningMachine(t *testing.T, db *bun.DB, env int64, bootstrap string) {
+	t.Helper()
+	if _, err := db.ExecContext(context.Background(), `INSERT INTO agents (environment_id, attempt, key, provider, bootstrap_hash, state)
+VALUES (?, 1, 'env-1', 'test', encode(sha256(?::bytea), 'hex'), 'running')`, env, bootstrap); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestDeployRefusesWhatItCannotGive(t *testing.T) {

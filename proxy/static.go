@@ -28,13 +28,20 @@ import (
 type StaticRoutes struct {
 	byHash map[string]tunnel.Identity // sha256(token) → identity
 	name   string                     // the file, for error messages
-	lines  map[string]int             // hostname or pattern → line
+	lines  []routeLine                // in the file's order
+}
+
+// routeLine is a hostname or pattern and the line of the file naming it.
+type routeLine struct {
+	host string
+	n    int
 }
 
 // ParseStaticRoutes reads a route file; name is used in error messages.
 func ParseStaticRoutes(name string, r io.Reader) (*StaticRoutes, error) {
 	hosts := map[string][]string{} // token hash → hostnames
 	seen := map[string]int{}       // hostname → line
+	var lines []routeLine
 	sc := bufio.NewScanner(r)
 	for n := 1; sc.Scan(); n++ {
 		text := sc.Text()
@@ -59,6 +66,7 @@ func ParseStaticRoutes(name string, r io.Reader) (*StaticRoutes, error) {
 			return nil, fmt.Errorf("%s:%d: this hostname is already listed on line %d", name, n, prev)
 		}
 		seen[host] = n
+		lines = append(lines, routeLine{host, n})
 		if len(f[1]) < 16 {
 			return nil, fmt.Errorf("%s:%d: the token is shorter than 16 characters (want \"HOSTNAME TOKEN\")", name, n)
 		}
@@ -70,10 +78,10 @@ func ParseStaticRoutes(name string, r io.Reader) (*StaticRoutes, error) {
 	}
 	// The file is read once, at start: without a route the proxy could
 	// only ever answer 404.
-	if len(seen) == 0 {
+	if len(lines) == 0 {
 		return nil, fmt.Errorf("%s: no routes: want lines of \"HOSTNAME TOKEN\"", name)
 	}
-	s := &StaticRoutes{byHash: map[string]tunnel.Identity{}, name: name, lines: seen}
+	s := &StaticRoutes{byHash: map[string]tunnel.Identity{}, name: name, lines: lines}
 	for h, hs := range hosts {
 		sort.Strings(hs)
 		id := "static-" + h[:16]
@@ -118,15 +126,10 @@ func (s *StaticRoutes) CheckDomain(domain string) error {
 	if domain == "" {
 		return nil
 	}
-	hosts := make([]string, 0, len(s.lines))
-	for h := range s.lines {
-		hosts = append(hosts, h)
-	}
-	sort.Slice(hosts, func(i, j int) bool { return s.lines[hosts[i]] < s.lines[hosts[j]] })
-	for _, h := range hosts {
-		parent, pattern := strings.CutPrefix(h, "*.")
-		if pattern && parent != domain || !pattern && !underDomain(h, domain) {
-			return fmt.Errorf("%s:%d: the hostname is not a single label under the preview domain %s, which alone is routed", s.name, s.lines[h], domain)
+	for _, l := range s.lines {
+		parent, pattern := strings.CutPrefix(l.host, "*.")
+		if pattern && parent != domain || !pattern && !underDomain(l.host, domain) {
+			return fmt.Errorf("%s:%d: the hostname is not a single label under the preview domain %s, which alone is routed", s.name, l.n, domain)
 		}
 	}
 	return nil

@@ -240,6 +240,7 @@ func checkPreviewName(s string) string {
 
 // checkURLPath says what is wrong with an absolute URL path, or "".
 func checkURLPath(s string) string {
+	odd := strings.IndexFunc(s, func(r rune) bool { return !urlPathChar(r) })
 	switch {
 	case !strings.HasPrefix(s, "/"):
 		return fmt.Sprintf("must start with \"/\", got %s", quote(s))
@@ -249,12 +250,11 @@ func checkURLPath(s string) string {
 		return "must be at most 1024 characters"
 	case strings.IndexFunc(s, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
 		return "must not contain spaces or control characters (escape them, like %20)"
-	case strings.IndexFunc(s, func(r rune) bool { return !urlPathChar(r) }) >= 0:
+	case odd >= 0:
 		// The path ends the preview URL in the PR comment and the Check
 		// Run: a character a URL cannot hold would end it there, and the
 		// rest would be Markdown of the author's making.
-		i := strings.IndexFunc(s, func(r rune) bool { return !urlPathChar(r) })
-		r, _ := utf8.DecodeRuneInString(s[i:])
+		r, _ := utf8.DecodeRuneInString(s[odd:])
 		return fmt.Sprintf("must hold only the characters of a URL (escape %q as %s)", r, url.PathEscape(string(r)))
 	}
 	return ""

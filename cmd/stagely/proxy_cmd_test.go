@@ -24,11 +24,13 @@ import (
 
 // clearProxyEnv keeps STAGELY_* variables of the machine's environment
 // out of a test of `stagely proxy`.
-func clearProxyEnv(t *testing.T) {
+func clearProxyEnv(t *testing.T) { clearEnvOf(t, proxyCommand(io.Discard, io.Discard).FlagSet) }
+
+// clearEnvOf keeps the STAGELY_* variables of fs's flags, set in the
+// machine's environment, out of a test.
+func clearEnvOf(t *testing.T, fs *flag.FlagSet) {
 	t.Helper()
-	proxyCommand(io.Discard, io.Discard).FlagSet.VisitAll(func(f *flag.Flag) {
-		t.Setenv(envName(f.Name), "")
-	})
+	fs.VisitAll(func(f *flag.Flag) { t.Setenv(envName(f.Name), "") })
 }
 
 func TestProxyTLSSettingsAreCheckedAndNamed(t *testing.T) {

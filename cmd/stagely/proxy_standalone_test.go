@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,12 +16,7 @@ import (
 
 // clearAgentEnv keeps STAGELY_* variables of the machine's environment
 // out of a test of `stagely agent`.
-func clearAgentEnv(t *testing.T) {
-	t.Helper()
-	agentExposeCommand(io.Discard, io.Discard).FlagSet.VisitAll(func(f *flag.Flag) {
-		t.Setenv(envName(f.Name), "")
-	})
-}
+func clearAgentEnv(t *testing.T) { clearEnvOf(t, agentExposeCommand(io.Discard, io.Discard).FlagSet) }
 
 // runInBackground runs `stagely args...` until the returned stop is
 // called (at the latest when the test ends); its logs go to logs.
