@@ -145,7 +145,6 @@ func (a *Agent) apply(ctx, work context.Context, d *protocol.Deployment, follow 
 	}
 	_, err = a.Engine.Deploy(work, *d, Source{Body: src, StripTopLevel: info.StripTopLevel}, rep)
 	src.Close()
-	os.Remove(src.Name())
 	if err != nil {
 		a.Logf("%v", err)
 		if errors.Is(err, ErrInvalidDeployment) || work.Err() != nil {
@@ -263,9 +262,14 @@ func (a *Agent) spoolSource(ctx context.Context, d *protocol.Deployment, max int
 	if err != nil {
 		return nil, src.Info, fmt.Errorf("spool source: %w", err)
 	}
+	// The spool lives only as this open file: nothing is left on disk once
+	// it is closed, however the deploy ends, even if the agent dies.
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return nil, src.Info, fmt.Errorf("spool source: %w", err)
+	}
 	fail := func(err error) (*os.File, protocol.SourceInfo, error) {
 		f.Close()
-		os.Remove(f.Name())
 		return nil, src.Info, err
 	}
 	n, err := io.Copy(f, io.LimitReader(src, max+1))
